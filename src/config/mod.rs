@@ -1,0 +1,1213 @@
+//! The cluster config: one TOML file that every node reads.
+//!
+//! Loading goes through two layers. [`raw`] mirrors the file exactly (serde,
+//! `deny_unknown_fields`, strings where a value needs parsing), and
+//! [`Config::from_raw`] turns it into typed, validated values. Validation
+//! collects every problem at once, each naming the file, the key path
+//! (`services[1].instances[0].a`), the value and what would be accepted, so a
+//! person fixes the whole file in one pass.
+//!
+//! Relative paths (`data_dir`, `secret_file`) are taken relative to the
+//! directory of the config file, so a node behaves the same whatever its
+//! working directory. This module reads only the config and secret files.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A config that cannot be used, with every reason why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {message}", file.display())]
+    Syntax { file: PathBuf, message: String },
+    #[error("config file {} has {} problem{}:\n{}", file.display(), problems.len(), if problems.len() == 1 { "" } else { "s" }, ProblemList(problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+    #[error("node id {id} is not in config file {}: it lists {}", file.display(), list_ids(known))]
+    UnknownNode {
+        file: PathBuf,
+        id: u64,
+        known: Vec<u64>,
+    },
+}
+
+fn list_ids(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    format!("node ids {}", ids.join(", "))
+}
+
+/// One thing wrong in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key path, like `services[1].instances[0].a`.
+    pub key: String,
+    /// The offending value as written (empty when the key is missing).
+    pub value: String,
+    /// What is wrong and what would be accepted.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.value.is_empty() {
+            write!(f, "{}: {}", self.key, self.message)
+        } else {
+            write!(f, "{} = {}: {}", self.key, self.value, self.message)
+        }
+    }
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The exact shape of the TOML file. Values that need parsing stay strings
+/// here so that validation can name them with their key path.
+pub mod raw {
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub cluster: Cluster,
+        pub dns: Dns,
+        #[serde(default)]
+        pub services: Vec<Service>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cluster {
+        #[serde(default = "default_data_dir")]
+        pub data_dir: String,
+        pub secret_file: String,
+        #[serde(default = "default_heartbeat")]
+        pub heartbeat: String,
+        #[serde(default = "default_election_timeout_min")]
+        pub election_timeout_min: String,
+        #[serde(default = "default_election_timeout_max")]
+        pub election_timeout_max: String,
+        #[serde(default)]
+        pub nodes: Vec<Node>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Node {
+        pub id: u64,
+        pub rpc: String,
+        pub dns: String,
+        pub api: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Dns {
+        pub zone: String,
+        #[serde(default = "default_ttl")]
+        pub ttl: String,
+        #[serde(default)]
+        pub hostmaster: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Service {
+        pub name: String,
+        #[serde(default = "default_failback")]
+        pub failback: String,
+        #[serde(default = "default_failback_delay")]
+        pub failback_delay: String,
+        pub check: Check,
+        #[serde(default)]
+        pub instances: Vec<Instance>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Check {
+        pub kind: String,
+        #[serde(default = "default_interval")]
+        pub interval: String,
+        #[serde(default = "default_timeout")]
+        pub timeout: String,
+        #[serde(default = "default_rise")]
+        pub rise: u32,
+        #[serde(default = "default_fall")]
+        pub fall: u32,
+        // http
+        pub path: Option<String>,
+        pub scheme: Option<String>,
+        pub host: Option<String>,
+        pub expect_status: Option<ExpectStatus>,
+        pub body_contains: Option<String>,
+        // exec
+        pub command: Option<Vec<String>>,
+    }
+
+    /// `200`, `[200, 204]` or `"200-299"`.
+    #[derive(Debug, Deserialize)]
+    #[serde(untagged)]
+    pub enum ExpectStatus {
+        One(i64),
+        List(Vec<i64>),
+        Text(String),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Instance {
+        pub name: String,
+        pub address: String,
+        pub cname: Option<String>,
+        pub a: Option<String>,
+        pub aaaa: Option<String>,
+        #[serde(default = "default_priority")]
+        pub priority: i64,
+    }
+
+    fn default_data_dir() -> String {
+        "data".into()
+    }
+    fn default_heartbeat() -> String {
+        "50ms".into()
+    }
+    fn default_election_timeout_min() -> String {
+        "150ms".into()
+    }
+    fn default_election_timeout_max() -> String {
+        "300ms".into()
+    }
+    fn default_ttl() -> String {
+        "5s".into()
+    }
+    fn default_failback() -> String {
+        "auto".into()
+    }
+    fn default_failback_delay() -> String {
+        "30s".into()
+    }
+    fn default_interval() -> String {
+        "1s".into()
+    }
+    fn default_timeout() -> String {
+        "500ms".into()
+    }
+    fn default_rise() -> u32 {
+        2
+    }
+    fn default_fall() -> u32 {
+        3
+    }
+    fn default_priority() -> i64 {
+        1
+    }
+}
+
+/// A validated cluster config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub file: PathBuf,
+    pub cluster: ClusterConfig,
+    pub dns: DnsConfig,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// `[cluster]`: who the nodes are and how they talk.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Node N keeps its state in `data_dir/node-N`.
+    pub data_dir: PathBuf,
+    pub secret_file: PathBuf,
+    /// The shared cluster secret (contents of `secret_file`, trimmed).
+    pub secret: Vec<u8>,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range; a follower campaigns after
+    /// `election_timeout_max` plus a draw from this range without contact.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Sorted by id.
+    pub nodes: Vec<NodeConfig>,
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The secret never reaches a log line.
+        f.debug_struct("ClusterConfig")
+            .field("data_dir", &self.data_dir)
+            .field("secret_file", &self.secret_file)
+            .field("secret", &"<redacted>")
+            .field("heartbeat", &self.heartbeat)
+            .field("election_timeout_min", &self.election_timeout_min)
+            .field("election_timeout_max", &self.election_timeout_max)
+            .field("nodes", &self.nodes)
+            .finish()
+    }
+}
+
+/// `[[cluster.nodes]]`: one coordinator node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub rpc: SocketAddr,
+    pub dns: SocketAddr,
+    pub api: SocketAddr,
+}
+
+/// `[dns]`: the zone the nodes are authoritative for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Lowercase, absolute (`svc.example.`).
+    pub zone: String,
+    pub ttl: Duration,
+    /// The SOA RNAME, absolute (`hostmaster.<zone>` by default).
+    pub hostmaster: String,
+}
+
+/// `failback`: what happens when a better-priority instance is healthy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failback {
+    /// Return to it once it has been healthy for `failback_delay`.
+    Auto,
+    /// Stay on the current instance until an operator switches over.
+    Manual,
+}
+
+impl fmt::Display for Failback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Failback::Auto => "auto",
+            Failback::Manual => "manual",
+        })
+    }
+}
+
+/// `[[services]]`: one service and its instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub failback: Failback,
+    pub failback_delay: Duration,
+    pub check: CheckConfig,
+    /// In config order, which breaks priority ties.
+    pub instances: Vec<InstanceConfig>,
+}
+
+impl ServiceConfig {
+    /// The instance called `name`, if the service has one.
+    pub fn instance(&self, name: &str) -> Option<&InstanceConfig> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+}
+
+/// `[services.check]`: how every instance of a service is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckConfig {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that turn a verdict up.
+    pub rise: u32,
+    /// Consecutive failures that turn a verdict down.
+    pub fall: u32,
+}
+
+/// The probe itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// GET `scheme://address/path`; healthy when the status matches and the
+    /// body contains `body_contains` (if set).
+    Http {
+        https: bool,
+        path: String,
+        host: Option<String>,
+        expect_status: StatusMatcher,
+        body_contains: Option<String>,
+    },
+    /// Healthy when a TCP connection opens within the timeout.
+    Tcp,
+    /// Runs `command` (argv, no shell); healthy on exit 0; killed at the
+    /// timeout. `{service}`, `{instance}`, `{address}`, `{host}` and `{port}`
+    /// are substituted in every argument.
+    Exec { command: Vec<String> },
+}
+
+impl CheckKind {
+    /// `http`, `tcp` or `exec`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::Http { .. } => "http",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// The HTTP status codes an http check accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMatcher {
+    ranges: Vec<RangeInclusive<u16>>,
+}
+
+impl StatusMatcher {
+    /// Accepts exactly `status`.
+    pub fn single(status: u16) -> Self {
+        StatusMatcher {
+            ranges: vec![status..=status],
+        }
+    }
+
+    /// Whether `status` is accepted.
+    pub fn accepts(&self, status: u16) -> bool {
+        self.ranges.iter().any(|r| r.contains(&status))
+    }
+}
+
+impl fmt::Display for StatusMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            if r.start() == r.end() {
+                write!(f, "{}", r.start())?;
+            } else {
+                write!(f, "{}-{}", r.start(), r.end())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What DNS answers for the service when this instance is active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Absolute, lowercase.
+    Cname(String),
+    A(Ipv4Addr),
+    Aaaa(Ipv6Addr),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Cname(name) => write!(f, "CNAME {name}"),
+            Target::A(ip) => write!(f, "A {ip}"),
+            Target::Aaaa(ip) => write!(f, "AAAA {ip}"),
+        }
+    }
+}
+
+/// `[[services.instances]]`: one instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub name: String,
+    /// Where it is probed: `host:port`, where host is an IP address or a name.
+    pub address: String,
+    pub target: Target,
+    /// Lower is preferred.
+    pub priority: i64,
+}
+
+impl Config {
+    /// Reads and validates the config file at `file`, including the secret file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and validates `text`, as if read from `file` (relative paths are
+    /// taken from `file`'s directory; the secret file is read).
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: raw::Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string(),
+        })?;
+        Config::from_raw(file, raw)
+    }
+
+    /// Validates `raw`, read from `file`.
+    pub fn from_raw(file: &Path, raw: raw::Config) -> Result<Config, ConfigError> {
+        let mut v = Validator::default();
+        let base = file.parent().unwrap_or(Path::new("."));
+        let cluster = v.cluster(base, raw.cluster);
+        let dns = v.dns(raw.dns);
+        let services = v.services(raw.services);
+        if v.problems.is_empty() {
+            Ok(Config {
+                file: file.to_owned(),
+                cluster,
+                dns,
+                services,
+            })
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.to_owned(),
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The node with `id`, or an error naming the ids the file lists.
+    pub fn node(&self, id: u64) -> Result<&NodeConfig, ConfigError> {
+        self.cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ConfigError::UnknownNode {
+                file: self.file.clone(),
+                id,
+                known: self.cluster.nodes.iter().map(|n| n.id).collect(),
+            })
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Where node `id` keeps its state.
+    pub fn node_data_dir(&self, id: u64) -> PathBuf {
+        self.cluster.data_dir.join(format!("node-{id}"))
+    }
+}
+
+/// Collects problems while converting the raw config.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(
+        &mut self,
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        message: impl Into<String>,
+    ) {
+        self.problems.push(Problem {
+            key: key.into(),
+            value: value.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, value: &str) -> Duration {
+        match humantime::parse_duration(value) {
+            Ok(d) => d,
+            Err(_) => {
+                self.problem(
+                    key,
+                    quoted(value),
+                    "not a duration; expected a number with a unit, like \"500ms\", \"1s\" or \"2m\"",
+                );
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, key: &str, value: &str) -> SocketAddr {
+        match value.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(
+                    key,
+                    quoted(value),
+                    "not an address; expected an IP address and port, like \"127.0.0.1:5301\" or \"[::1]:5301\"",
+                );
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            }
+        }
+    }
+
+    fn cluster(&mut self, base: &Path, raw: raw::Cluster) -> ClusterConfig {
+        let data_dir = base.join(&raw.data_dir);
+        let secret_file = base.join(&raw.secret_file);
+        let secret = match std::fs::read(&secret_file) {
+            Ok(bytes) => {
+                let secret = bytes.trim_ascii().to_vec();
+                if secret.len() < 16 {
+                    self.problem(
+                        "cluster.secret_file",
+                        quoted(&raw.secret_file),
+                        format!(
+                            "the secret in {} is {} bytes long; use at least 16 random bytes (for example `openssl rand -hex 32 > {}`)",
+                            secret_file.display(),
+                            secret.len(),
+                            raw.secret_file
+                        ),
+                    );
+                }
+                secret
+            }
+            Err(e) => {
+                self.problem(
+                    "cluster.secret_file",
+                    quoted(&raw.secret_file),
+                    format!(
+                        "cannot read {}: {e}; expected a readable file holding the shared cluster secret (for example `openssl rand -hex 32 > {}`)",
+                        secret_file.display(),
+                        raw.secret_file
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        let heartbeat = self.duration("cluster.heartbeat", &raw.heartbeat);
+        let min = self.duration("cluster.election_timeout_min", &raw.election_timeout_min);
+        let max = self.duration("cluster.election_timeout_max", &raw.election_timeout_max);
+        if heartbeat.is_zero()
+            && !raw.heartbeat.is_empty()
+            && humantime::parse_duration(&raw.heartbeat).is_ok()
+        {
+            self.problem(
+                "cluster.heartbeat",
+                quoted(&raw.heartbeat),
+                "must be longer than 0; 50ms suits most clusters",
+            );
+        }
+        if !min.is_zero() && min <= heartbeat {
+            self.problem(
+                "cluster.election_timeout_min",
+                quoted(&raw.election_timeout_min),
+                format!(
+                    "must be longer than cluster.heartbeat ({}); about 3× the heartbeat is usual",
+                    raw.heartbeat
+                ),
+            );
+        }
+        if !max.is_zero() && max <= min {
+            self.problem(
+                "cluster.election_timeout_max",
+                quoted(&raw.election_timeout_max),
+                format!(
+                    "must be longer than cluster.election_timeout_min ({}); the election timeout is drawn at random between them",
+                    raw.election_timeout_min
+                ),
+            );
+        }
+
+        if raw.nodes.is_empty() {
+            self.problem(
+                "cluster.nodes",
+                "",
+                "no nodes; list at least one [[cluster.nodes]] table with id, rpc, dns and api",
+            );
+        }
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        let mut nodes = Vec::new();
+        for (i, node) in raw.nodes.into_iter().enumerate() {
+            let key = format!("cluster.nodes[{i}]");
+            if node.id == 0 {
+                self.problem(
+                    format!("{key}.id"),
+                    0,
+                    "node ids start at 1; expected a positive whole number",
+                );
+            } else if !ids.insert(node.id) {
+                self.problem(
+                    format!("{key}.id"),
+                    node.id,
+                    "duplicate node id; every node needs its own id",
+                );
+            }
+            let rpc = self.socket_addr(&format!("{key}.rpc"), &node.rpc);
+            let dns = self.socket_addr(&format!("{key}.dns"), &node.dns);
+            let api = self.socket_addr(&format!("{key}.api"), &node.api);
+            for (field, addr, text) in [("rpc", rpc, &node.rpc), ("api", api, &node.api)] {
+                if addr.port() != 0 && !addrs.insert(addr) {
+                    self.problem(
+                        format!("{key}.{field}"),
+                        quoted(text),
+                        "this TCP address is already used by another node or key; every listener needs its own address",
+                    );
+                }
+            }
+            nodes.push(NodeConfig {
+                id: node.id,
+                rpc,
+                dns,
+                api,
+            });
+        }
+        nodes.sort_by_key(|n| n.id);
+        ClusterConfig {
+            data_dir,
+            secret_file,
+            secret,
+            heartbeat,
+            election_timeout_min: min,
+            election_timeout_max: max,
+            nodes,
+        }
+    }
+
+    fn dns(&mut self, raw: raw::Dns) -> DnsConfig {
+        let zone = raw.zone.to_ascii_lowercase();
+        if !zone.ends_with('.') {
+            self.problem(
+                "dns.zone",
+                quoted(&raw.zone),
+                format!(
+                    "a zone must be an absolute name ending with a dot, like \"{}.\"",
+                    raw.zone
+                ),
+            );
+        } else if zone != "." {
+            if let Err(why) = check_name(&zone) {
+                self.problem("dns.zone", quoted(&raw.zone), why);
+            }
+        }
+        let ttl = self.duration("dns.ttl", &raw.ttl);
+        if ttl.as_secs() > u64::from(u32::MAX / 2) {
+            self.problem(
+                "dns.ttl",
+                quoted(&raw.ttl),
+                "too long; DNS TTLs are at most 68 years, and a few seconds suits failover",
+            );
+        }
+        if ttl.subsec_nanos() != 0 {
+            self.problem(
+                "dns.ttl",
+                quoted(&raw.ttl),
+                "DNS TTLs are whole seconds; expected something like \"5s\"",
+            );
+        }
+        let hostmaster = match raw.hostmaster {
+            Some(h) => {
+                let h = h.to_ascii_lowercase();
+                if let Err(why) = check_name(&h).and_then(|()| {
+                    if h.ends_with('.') { Ok(()) } else { Err("expected an absolute name ending with a dot, like \"hostmaster.example.\"".into()) }
+                }) {
+                    self.problem("dns.hostmaster", quoted(&h), why);
+                }
+                h
+            }
+            None => format!("hostmaster.{zone}"),
+        };
+        DnsConfig {
+            zone,
+            ttl,
+            hostmaster,
+        }
+    }
+
+    fn services(&mut self, raw: Vec<raw::Service>) -> Vec<ServiceConfig> {
+        let mut names = HashSet::new();
+        let mut services = Vec::new();
+        for (i, service) in raw.into_iter().enumerate() {
+            let key = format!("services[{i}]");
+            let name = service.name.to_ascii_lowercase();
+            if let Err(why) = check_label(&name) {
+                self.problem(format!("{key}.name"), quoted(&service.name), why);
+            } else if name.starts_with('_') {
+                self.problem(format!("{key}.name"), quoted(&service.name), "service names cannot start with '_' (reserved for _highlander.<service> records)");
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    format!("{key}.name"),
+                    quoted(&service.name),
+                    "duplicate service name; every service needs its own name",
+                );
+            }
+            let failback = match service.failback.as_str() {
+                "auto" => Failback::Auto,
+                "manual" => Failback::Manual,
+                other => {
+                    self.problem(
+                        format!("{key}.failback"),
+                        quoted(other),
+                        "expected \"auto\" or \"manual\"",
+                    );
+                    Failback::Auto
+                }
+            };
+            let failback_delay =
+                self.duration(&format!("{key}.failback_delay"), &service.failback_delay);
+            let check = self.check(&format!("{key}.check"), service.check);
+            if service.instances.is_empty() {
+                self.problem(
+                    format!("{key}.instances"),
+                    "",
+                    "no instances; list at least one [[services.instances]] table",
+                );
+            }
+            let mut instance_names = HashSet::new();
+            let mut instances = Vec::new();
+            for (j, instance) in service.instances.into_iter().enumerate() {
+                let key = format!("{key}.instances[{j}]");
+                let iname = instance.name.to_ascii_lowercase();
+                if let Err(why) = check_label(&iname) {
+                    self.problem(format!("{key}.name"), quoted(&instance.name), why);
+                } else if !instance_names.insert(iname.clone()) {
+                    self.problem(format!("{key}.name"), quoted(&instance.name), "duplicate instance name in this service; every instance needs its own name");
+                }
+                if let Err(why) = check_host_port(&instance.address) {
+                    self.problem(format!("{key}.address"), quoted(&instance.address), why);
+                }
+                let target = self.target(&key, &instance);
+                instances.push(InstanceConfig {
+                    name: iname,
+                    address: instance.address,
+                    target,
+                    priority: instance.priority,
+                });
+            }
+            services.push(ServiceConfig {
+                name,
+                failback,
+                failback_delay,
+                check,
+                instances,
+            });
+        }
+        services
+    }
+
+    fn target(&mut self, key: &str, raw: &raw::Instance) -> Target {
+        let given: Vec<&str> = [("cname", &raw.cname), ("a", &raw.a), ("aaaa", &raw.aaaa)]
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        let placeholder = Target::A(Ipv4Addr::UNSPECIFIED);
+        if given.len() != 1 {
+            let found = if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(" and ")
+            };
+            self.problem(
+                key,
+                "",
+                format!("an instance needs exactly one of cname, a or aaaa (what DNS answers when it is active); found {found}"),
+            );
+            return placeholder;
+        }
+        if let Some(cname) = &raw.cname {
+            let name = cname.to_ascii_lowercase();
+            match check_name(&name) {
+                Ok(()) if name.ends_with('.') => Target::Cname(name),
+                Ok(()) => {
+                    self.problem(
+                        format!("{key}.cname"),
+                        quoted(cname),
+                        format!("expected an absolute name ending with a dot, like \"{cname}.\""),
+                    );
+                    placeholder
+                }
+                Err(why) => {
+                    self.problem(format!("{key}.cname"), quoted(cname), why);
+                    placeholder
+                }
+            }
+        } else if let Some(a) = &raw.a {
+            match a.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => Target::A(ip),
+                Ok(IpAddr::V6(_)) => {
+                    self.problem(format!("{key}.a"), quoted(a), "an IPv6 address; put it in `aaaa`, or give an IPv4 address like \"10.0.0.11\" here");
+                    placeholder
+                }
+                Err(_) => {
+                    self.problem(
+                        format!("{key}.a"),
+                        quoted(a),
+                        "not an IPv4 address; expected something like \"10.0.0.11\"",
+                    );
+                    placeholder
+                }
+            }
+        } else if let Some(aaaa) = &raw.aaaa {
+            match aaaa.parse::<IpAddr>() {
+                Ok(IpAddr::V6(ip)) => Target::Aaaa(ip),
+                Ok(IpAddr::V4(_)) => {
+                    self.problem(format!("{key}.aaaa"), quoted(aaaa), "an IPv4 address; put it in `a`, or give an IPv6 address like \"2001:db8::11\" here");
+                    placeholder
+                }
+                Err(_) => {
+                    self.problem(
+                        format!("{key}.aaaa"),
+                        quoted(aaaa),
+                        "not an IPv6 address; expected something like \"2001:db8::11\"",
+                    );
+                    placeholder
+                }
+            }
+        } else {
+            placeholder
+        }
+    }
+
+    fn check(&mut self, key: &str, raw: raw::Check) -> CheckConfig {
+        let interval = self.duration(&format!("{key}.interval"), &raw.interval);
+        let timeout = self.duration(&format!("{key}.timeout"), &raw.timeout);
+        if interval.is_zero() && humantime::parse_duration(&raw.interval).is_ok() {
+            self.problem(
+                format!("{key}.interval"),
+                quoted(&raw.interval),
+                "must be longer than 0, like \"1s\"",
+            );
+        }
+        if !interval.is_zero() && timeout >= interval {
+            self.problem(
+                format!("{key}.timeout"),
+                quoted(&raw.timeout),
+                format!(
+                    "must be shorter than the interval ({}) so probes never overlap",
+                    raw.interval
+                ),
+            );
+        }
+        if timeout.is_zero() && humantime::parse_duration(&raw.timeout).is_ok() {
+            self.problem(
+                format!("{key}.timeout"),
+                quoted(&raw.timeout),
+                "must be longer than 0, like \"500ms\"",
+            );
+        }
+        for (field, value) in [("rise", raw.rise), ("fall", raw.fall)] {
+            if value == 0 {
+                self.problem(
+                    format!("{key}.{field}"),
+                    0,
+                    "must be at least 1 (the number of consecutive probes that change the verdict)",
+                );
+            }
+        }
+        let only_for = |this: &mut Self, field: &str, present: bool, kinds: &str| {
+            if present {
+                this.problem(
+                    format!("{key}.{field}"),
+                    "",
+                    format!(
+                        "only applies to kind = {kinds}, not kind = \"{}\"",
+                        raw.kind
+                    ),
+                );
+            }
+        };
+        let kind = match raw.kind.as_str() {
+            "http" => {
+                only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                let https = match raw.scheme.as_deref() {
+                    None | Some("http") => false,
+                    Some("https") => true,
+                    Some(other) => {
+                        self.problem(
+                            format!("{key}.scheme"),
+                            quoted(other),
+                            "expected \"http\" or \"https\"",
+                        );
+                        false
+                    }
+                };
+                let path = raw.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') {
+                    self.problem(
+                        format!("{key}.path"),
+                        quoted(&path),
+                        format!("expected an absolute path starting with '/', like \"/{path}\""),
+                    );
+                }
+                let expect_status = match raw.expect_status {
+                    None => StatusMatcher::single(200),
+                    Some(spec) => self.status_matcher(&format!("{key}.expect_status"), spec),
+                };
+                CheckKind::Http {
+                    https,
+                    path,
+                    host: raw.host,
+                    expect_status,
+                    body_contains: raw.body_contains,
+                }
+            }
+            "tcp" | "exec" => {
+                for (field, present) in [
+                    ("path", raw.path.is_some()),
+                    ("scheme", raw.scheme.is_some()),
+                    ("host", raw.host.is_some()),
+                    ("expect_status", raw.expect_status.is_some()),
+                    ("body_contains", raw.body_contains.is_some()),
+                ] {
+                    only_for(self, field, present, "\"http\"");
+                }
+                if raw.kind == "tcp" {
+                    only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                    CheckKind::Tcp
+                } else {
+                    let command = raw.command.unwrap_or_default();
+                    if command.first().is_none_or(|p| p.is_empty()) {
+                        self.problem(
+                            format!("{key}.command"),
+                            "",
+                            "an exec check needs a command: an argv list like [\"/usr/local/bin/check-db\", \"{address}\"]",
+                        );
+                    }
+                    CheckKind::Exec { command }
+                }
+            }
+            other => {
+                self.problem(
+                    format!("{key}.kind"),
+                    quoted(other),
+                    "expected \"http\", \"tcp\" or \"exec\"",
+                );
+                CheckKind::Tcp
+            }
+        };
+        CheckConfig {
+            kind,
+            interval,
+            timeout,
+            rise: raw.rise,
+            fall: raw.fall,
+        }
+    }
+
+    fn status_matcher(&mut self, key: &str, spec: raw::ExpectStatus) -> StatusMatcher {
+        const ACCEPTED: &str = "expected a status code (200), a list ([200, 204]) or a range (\"200-299\"), with codes from 100 to 599";
+        let code = |n: i64| u16::try_from(n).ok().filter(|c| (100..=599).contains(c));
+        let mut ranges = Vec::new();
+        let bad = |this: &mut Self, value: String| this.problem(key, value, ACCEPTED);
+        match spec {
+            raw::ExpectStatus::One(n) => match code(n) {
+                Some(c) => ranges.push(c..=c),
+                None => bad(self, n.to_string()),
+            },
+            raw::ExpectStatus::List(list) => {
+                if list.is_empty() {
+                    bad(self, "[]".into());
+                }
+                for n in list {
+                    match code(n) {
+                        Some(c) => ranges.push(c..=c),
+                        None => bad(self, n.to_string()),
+                    }
+                }
+            }
+            raw::ExpectStatus::Text(text) => {
+                let parsed = text.split_once('-').and_then(|(lo, hi)| {
+                    let lo = code(lo.trim().parse().ok()?)?;
+                    let hi = code(hi.trim().parse().ok()?)?;
+                    (lo <= hi).then_some(lo..=hi)
+                });
+                match parsed {
+                    Some(r) => ranges.push(r),
+                    None => bad(self, quoted(&text)),
+                }
+            }
+        }
+        if ranges.is_empty() {
+            ranges.push(200..=200);
+        }
+        StatusMatcher { ranges }
+    }
+}
+
+fn quoted(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Checks one DNS label: 1–63 letters, digits, '-' or '_', not starting or
+/// ending with '-'.
+pub fn check_label(label: &str) -> Result<(), String> {
+    const ACCEPTED: &str =
+        "expected a DNS label: 1 to 63 letters, digits or '-', not starting or ending with '-'";
+    if label.is_empty() || label.len() > 63 {
+        return Err(format!("{} characters long; {ACCEPTED}", label.len()));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!("contains {c:?}; {ACCEPTED}"));
+    }
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(format!("starts or ends with '-'; {ACCEPTED}"));
+    }
+    Ok(())
+}
+
+/// Checks a domain name (absolute or not): valid labels, at most 253 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err("empty name; expected a domain name like \"svc.example.\"".into());
+    }
+    if bare.len() > 253 {
+        return Err(format!(
+            "{} characters long; a domain name has at most 253",
+            bare.len()
+        ));
+    }
+    for label in bare.split('.') {
+        check_label(label).map_err(|why| format!("label {label:?} is not valid: {why}"))?;
+    }
+    Ok(())
+}
+
+fn check_host_port(address: &str) -> Result<(), String> {
+    const ACCEPTED: &str = "expected host:port, like \"10.0.0.11:8080\", \"[2001:db8::11]:8080\" or \"db1.internal:8080\"";
+    if address.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!("no port; {ACCEPTED}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "port {port:?} is not a number from 0 to 65535; {ACCEPTED}"
+        ));
+    }
+    if host.contains(':') || host.starts_with('[') {
+        return Err(format!("not a valid IPv6 address; {ACCEPTED}"));
+    }
+    check_name(host).map_err(|why| format!("host {host:?}: {why}"))
+}
+
+/// A one-screen description of what the config means, for `check-config`.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let c = &config.cluster;
+    let _ = writeln!(out, "config {} is valid", config.file.display());
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "cluster: {} node{}, data in {}, secret from {} ({} bytes)",
+        c.nodes.len(),
+        if c.nodes.len() == 1 { "" } else { "s" },
+        c.data_dir.display(),
+        c.secret_file.display(),
+        c.secret.len()
+    );
+    let _ = writeln!(
+        out,
+        "  raft: heartbeat {}, election timeout {}–{}",
+        humantime::format_duration(c.heartbeat),
+        humantime::format_duration(c.election_timeout_min),
+        humantime::format_duration(c.election_timeout_max)
+    );
+    for n in &c.nodes {
+        let _ = writeln!(
+            out,
+            "  node {}: rpc {}, dns {}, api {}",
+            n.id, n.rpc, n.dns, n.api
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "dns: authoritative for {} (ttl {}, hostmaster {})",
+        config.dns.zone,
+        humantime::format_duration(config.dns.ttl),
+        config.dns.hostmaster
+    );
+    for s in &config.services {
+        let _ = writeln!(out);
+        let failback = match s.failback {
+            Failback::Auto => format!(
+                "auto after {}",
+                humantime::format_duration(s.failback_delay)
+            ),
+            Failback::Manual => "manual".into(),
+        };
+        let _ = writeln!(
+            out,
+            "service {} → {}{} (failback {failback})",
+            s.name,
+            s.name,
+            dot_zone(&config.dns.zone)
+        );
+        let ch = &s.check;
+        let what = match &ch.kind {
+            CheckKind::Http {
+                https,
+                path,
+                host,
+                expect_status,
+                body_contains,
+            } => {
+                let mut w = format!(
+                    "GET {}://<address>{path} expecting {expect_status}",
+                    if *https { "https" } else { "http" }
+                );
+                if let Some(h) = host {
+                    let _ = write!(w, ", Host {h}");
+                }
+                if let Some(b) = body_contains {
+                    let _ = write!(w, ", body containing {b:?}");
+                }
+                w
+            }
+            CheckKind::Tcp => "TCP connect to <address>".into(),
+            CheckKind::Exec { command } => format!("exec {command:?}"),
+        };
+        let _ = writeln!(
+            out,
+            "  check {}: {what}; every {}, timeout {}, up after {} success{}, down after {} failure{}",
+            ch.kind.name(),
+            humantime::format_duration(ch.interval),
+            humantime::format_duration(ch.timeout),
+            ch.rise,
+            if ch.rise == 1 { "" } else { "es" },
+            ch.fall,
+            if ch.fall == 1 { "" } else { "s" },
+        );
+        let ordered: BTreeSet<(i64, usize)> = s
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, inst)| (inst.priority, i))
+            .collect();
+        for (rank, (_, i)) in ordered.into_iter().enumerate() {
+            let inst = &s.instances[i];
+            let _ = writeln!(
+                out,
+                "  {}. instance {} at {} (priority {}) answers {}",
+                rank + 1,
+                inst.name,
+                inst.address,
+                inst.priority,
+                inst.target
+            );
+        }
+    }
+    out
+}
+
+fn dot_zone(zone: &str) -> String {
+    if zone == "." {
+        ".".into()
+    } else {
+        format!(".{zone}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

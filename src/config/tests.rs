@@ -1,0 +1,1 @@
+//! Config validation: every problem a person can make, named by key path.

@@ -1,0 +1,1 @@
+//! The authoritative DNS server (filled in by the dns work).

@@ -1,0 +1,1 @@
+//! Health checks (filled in by the health work).

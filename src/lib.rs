@@ -1,0 +1,17 @@
+//! highlander: a highly available cluster of coordinator nodes that keeps
+//! exactly one healthy instance active per service and answers it in DNS.
+//!
+//! # Layout
+//!
+//! - [`config`]: the cluster config file, its defaults and validation.
+//! - [`model`]: plain data: epochs, the replicated state, commands, health views.
+//! - [`engine`]: the pure decision of which instance is active.
+//! - [`health`]: probers (http, tcp, exec), scheduling and rise/fall hysteresis.
+//! - [`cluster`]: openraft wiring: log store, state machine, leadership.
+//! - [`dns`]: the authoritative DNS server that answers from the applied state.
+//! - [`node`]: the only place that wires the parts together and owns shutdown.
+
+pub mod config;
+pub mod dns;
+pub mod health;
+pub mod model;

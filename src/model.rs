@@ -1,0 +1,483 @@
+//! Plain data shared by every part of highlander: the replicated [`State`], the
+//! [`Command`]s that change it, and the [`HealthView`] the engine decides from.
+//!
+//! This module does no I/O and reads no clock: every time it needs arrives as an
+//! argument, so [`State::apply`] gives the same result on every node that applies
+//! the same log.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How many committed changes the state keeps for `GET /v1/events` and the
+/// dashboard; older ones are dropped (the Raft log itself is compacted too).
+pub const EVENT_HISTORY: usize = 1000;
+
+/// The fencing token of a service: it grows by one at every change of active
+/// instance and never goes back, so a receiver that has seen epoch `n` can
+/// refuse anything older.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// The epoch that the next change of active instance must carry.
+    pub fn next(self) -> Epoch {
+        Epoch(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Milliseconds since the Unix epoch, as read by the leader that proposed a
+/// command. Only used to tell people when something happened, never to decide.
+pub type UnixMillis = u64;
+
+/// Why the active instance of a service changed (or why it did not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The service had no active instance yet.
+    Initial,
+    /// The active instance went down and a healthy one took over.
+    Failover,
+    /// A better-priority instance had been healthy for `failback_delay`.
+    Failback,
+    /// An operator asked for the change.
+    Switchover,
+    /// The active instance was drained for maintenance.
+    Drain,
+    /// Every instance is down; the last active one is kept (fail-static).
+    AllDown,
+    /// The active instance answers again after every instance was down.
+    Recovered,
+}
+
+impl Reason {
+    /// The lowercase name used in the API, metrics and hooks.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Initial => "initial",
+            Reason::Failover => "failover",
+            Reason::Failback => "failback",
+            Reason::Switchover => "switchover",
+            Reason::Drain => "drain",
+            Reason::AllDown => "all-down",
+            Reason::Recovered => "recovered",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change to the replicated state. Every command is a Raft log entry; it is
+/// applied on every node in log order.
+///
+/// Commands that depend on the current state carry the epoch they were decided
+/// against (`epoch` is the *next* epoch for [`Command::Activate`], the current
+/// one otherwise). A command whose epoch no longer fits is rejected when
+/// applied, so a decision made by a deposed leader can never overwrite a newer
+/// one even if it reaches the log (S1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Command {
+    /// Make `instance` the active instance of `service` at `epoch`.
+    Activate {
+        service: String,
+        instance: String,
+        epoch: Epoch,
+        reason: Reason,
+        at: UnixMillis,
+    },
+    /// Record that every instance of `service` is down while the active one
+    /// (still at `epoch`) is kept.
+    MarkAllDown {
+        service: String,
+        epoch: Epoch,
+        at: UnixMillis,
+    },
+    /// Clear the all-down mark: the active instance (still at `epoch`) is up.
+    ClearAllDown {
+        service: String,
+        epoch: Epoch,
+        at: UnixMillis,
+    },
+    /// Put `instance` in maintenance: it is never chosen while drained.
+    Drain {
+        service: String,
+        instance: String,
+        at: UnixMillis,
+    },
+    /// Take `instance` out of maintenance.
+    Undrain {
+        service: String,
+        instance: String,
+        at: UnixMillis,
+    },
+}
+
+impl Command {
+    /// The service the command is about.
+    pub fn service(&self) -> &str {
+        match self {
+            Command::Activate { service, .. }
+            | Command::MarkAllDown { service, .. }
+            | Command::ClearAllDown { service, .. }
+            | Command::Drain { service, .. }
+            | Command::Undrain { service, .. } => service,
+        }
+    }
+}
+
+/// What applying one command did; returned to the proposer through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum ApplyOutcome {
+    /// The state changed.
+    Applied,
+    /// The state already said so; nothing changed.
+    Unchanged,
+    /// The command no longer fits the state (for example a stale epoch).
+    Rejected { why: String },
+}
+
+/// The replicated state of one service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The instance DNS answers with; `None` until the first decision.
+    pub active: Option<String>,
+    /// The epoch of the current `active` (0 before the first decision).
+    pub epoch: Epoch,
+    /// When `active` was chosen.
+    pub since: Option<UnixMillis>,
+    /// Set while every instance is down and `active` is kept fail-static.
+    pub all_down_since: Option<UnixMillis>,
+    /// Instances in maintenance.
+    pub drained: BTreeSet<String>,
+}
+
+/// One committed change, kept for people (API, dashboard) and hooks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Raft log index of the entry that made the change.
+    pub index: u64,
+    pub at: UnixMillis,
+    pub service: String,
+    pub epoch: Epoch,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: Reason,
+}
+
+/// The replicated state: what every node answers from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub services: BTreeMap<String, ServiceState>,
+    /// The most recent committed changes, oldest first, at most [`EVENT_HISTORY`].
+    pub events: VecDeque<Event>,
+}
+
+impl State {
+    /// The state of `service`, or the empty state if nothing was ever decided.
+    pub fn service(&self, service: &str) -> Option<&ServiceState> {
+        self.services.get(service)
+    }
+
+    /// Applies `command`, committed at Raft log `index`. Deterministic: the
+    /// same state and command give the same result on every node.
+    pub fn apply(&mut self, index: u64, command: &Command) -> ApplyOutcome {
+        let entry = self
+            .services
+            .entry(command.service().to_owned())
+            .or_default();
+        let event = match command {
+            Command::Activate {
+                service,
+                instance,
+                epoch,
+                reason,
+                at,
+            } => {
+                if *epoch != entry.epoch.next() {
+                    return ApplyOutcome::Rejected {
+                        why: format!(
+                            "epoch {epoch} for service {service} is stale: the current epoch is {}, so the next change must carry {}",
+                            entry.epoch,
+                            entry.epoch.next()
+                        ),
+                    };
+                }
+                if entry.drained.contains(instance) {
+                    return ApplyOutcome::Rejected {
+                        why: format!("instance {instance} of service {service} is drained"),
+                    };
+                }
+                let from = entry.active.replace(instance.clone());
+                entry.epoch = *epoch;
+                entry.since = Some(*at);
+                entry.all_down_since = None;
+                Event {
+                    index,
+                    at: *at,
+                    service: service.clone(),
+                    epoch: *epoch,
+                    from,
+                    to: Some(instance.clone()),
+                    reason: *reason,
+                }
+            }
+            Command::MarkAllDown { service, epoch, at }
+            | Command::ClearAllDown { service, epoch, at } => {
+                if *epoch != entry.epoch {
+                    return ApplyOutcome::Rejected {
+                        why: format!(
+                            "epoch {epoch} for service {service} is stale: the current epoch is {}",
+                            entry.epoch
+                        ),
+                    };
+                }
+                let marking = matches!(command, Command::MarkAllDown { .. });
+                if entry.all_down_since.is_some() == marking {
+                    return ApplyOutcome::Unchanged;
+                }
+                entry.all_down_since = marking.then_some(*at);
+                Event {
+                    index,
+                    at: *at,
+                    service: service.clone(),
+                    epoch: *epoch,
+                    from: entry.active.clone(),
+                    to: entry.active.clone(),
+                    reason: if marking {
+                        Reason::AllDown
+                    } else {
+                        Reason::Recovered
+                    },
+                }
+            }
+            Command::Drain { instance, .. } => {
+                if !entry.drained.insert(instance.clone()) {
+                    return ApplyOutcome::Unchanged;
+                }
+                return ApplyOutcome::Applied;
+            }
+            Command::Undrain { instance, .. } => {
+                if !entry.drained.remove(instance) {
+                    return ApplyOutcome::Unchanged;
+                }
+                return ApplyOutcome::Applied;
+            }
+        };
+        self.record(event);
+        ApplyOutcome::Applied
+    }
+
+    fn record(&mut self, event: Event) {
+        if self.events.len() == EVENT_HISTORY {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+}
+
+/// The state as applied up to a Raft log index: what a node answers from.
+/// Published as an immutable snapshot after every apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    /// The index of the last applied log entry (0 before the first).
+    pub index: u64,
+    pub state: State,
+}
+
+/// A health verdict on one instance, after rise/fall hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Not enough probes yet (or not enough nodes agree) to say.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Unknown => "unknown",
+            Verdict::Up => "up",
+            Verdict::Down => "down",
+        })
+    }
+}
+
+/// The health of one instance as the deciding node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceHealth {
+    pub verdict: Verdict,
+    /// How long the verdict has held, measured on a monotonic clock by whoever
+    /// built the view. Failback waits on this.
+    pub held_for: Duration,
+}
+
+impl InstanceHealth {
+    /// A verdict that has held for `held_for`.
+    pub fn new(verdict: Verdict, held_for: Duration) -> Self {
+        InstanceHealth { verdict, held_for }
+    }
+}
+
+/// The health of every instance of every service, keyed by (service, instance).
+/// An instance missing from the view is [`Verdict::Unknown`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthView {
+    instances: BTreeMap<(String, String), InstanceHealth>,
+}
+
+impl HealthView {
+    /// Records the health of `instance` of `service`.
+    pub fn set(&mut self, service: &str, instance: &str, health: InstanceHealth) {
+        self.instances
+            .insert((service.to_owned(), instance.to_owned()), health);
+    }
+
+    /// The health of `instance` of `service` (unknown if never set).
+    pub fn get(&self, service: &str, instance: &str) -> InstanceHealth {
+        self.instances
+            .get(&(service.to_owned(), instance.to_owned()))
+            .copied()
+            .unwrap_or(InstanceHealth {
+                verdict: Verdict::Unknown,
+                held_for: Duration::ZERO,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activate(instance: &str, epoch: u64) -> Command {
+        Command::Activate {
+            service: "db".into(),
+            instance: instance.into(),
+            epoch: Epoch(epoch),
+            reason: Reason::Failover,
+            at: 1000 + epoch,
+        }
+    }
+
+    #[test]
+    fn activate_needs_exactly_the_next_epoch() {
+        let mut state = State::default();
+        assert_eq!(state.apply(1, &activate("db1", 1)), ApplyOutcome::Applied);
+        assert_eq!(state.apply(2, &activate("db2", 2)), ApplyOutcome::Applied);
+        // A late duplicate of an older decision, or one that skips an epoch, is refused.
+        assert!(matches!(
+            state.apply(3, &activate("db1", 2)),
+            ApplyOutcome::Rejected { .. }
+        ));
+        assert!(matches!(
+            state.apply(4, &activate("db1", 4)),
+            ApplyOutcome::Rejected { .. }
+        ));
+        let db = state.service("db").expect("db was decided");
+        assert_eq!(db.active.as_deref(), Some("db2"));
+        assert_eq!(db.epoch, Epoch(2));
+        let history: Vec<_> = state
+            .events
+            .iter()
+            .map(|e| (e.index, e.epoch.0, e.from.clone(), e.to.clone()))
+            .collect();
+        assert_eq!(
+            history,
+            vec![
+                (1, 1, None, Some("db1".into())),
+                (2, 2, Some("db1".into()), Some("db2".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn drained_instance_cannot_be_activated() {
+        let mut state = State::default();
+        let drain = Command::Drain {
+            service: "db".into(),
+            instance: "db1".into(),
+            at: 5,
+        };
+        assert_eq!(state.apply(1, &drain), ApplyOutcome::Applied);
+        assert_eq!(state.apply(2, &drain), ApplyOutcome::Unchanged);
+        assert!(matches!(
+            state.apply(3, &activate("db1", 1)),
+            ApplyOutcome::Rejected { .. }
+        ));
+        let undrain = Command::Undrain {
+            service: "db".into(),
+            instance: "db1".into(),
+            at: 6,
+        };
+        assert_eq!(state.apply(4, &undrain), ApplyOutcome::Applied);
+        assert_eq!(state.apply(5, &activate("db1", 1)), ApplyOutcome::Applied);
+    }
+
+    #[test]
+    fn all_down_mark_keeps_active_and_epoch() {
+        let mut state = State::default();
+        state.apply(1, &activate("db1", 1));
+        let mark = Command::MarkAllDown {
+            service: "db".into(),
+            epoch: Epoch(1),
+            at: 50,
+        };
+        assert_eq!(state.apply(2, &mark), ApplyOutcome::Applied);
+        assert_eq!(state.apply(3, &mark), ApplyOutcome::Unchanged);
+        let db = state.service("db").expect("db was decided");
+        assert_eq!(
+            (db.active.as_deref(), db.epoch, db.all_down_since),
+            (Some("db1"), Epoch(1), Some(50))
+        );
+        let clear = Command::ClearAllDown {
+            service: "db".into(),
+            epoch: Epoch(1),
+            at: 60,
+        };
+        assert_eq!(state.apply(4, &clear), ApplyOutcome::Applied);
+        assert_eq!(state.service("db").and_then(|s| s.all_down_since), None);
+        let reasons: Vec<_> = state.events.iter().map(|e| e.reason).collect();
+        assert_eq!(
+            reasons,
+            vec![Reason::Failover, Reason::AllDown, Reason::Recovered]
+        );
+        // A mark decided against an older epoch is refused.
+        state.apply(5, &activate("db2", 2));
+        assert!(matches!(
+            state.apply(6, &mark),
+            ApplyOutcome::Rejected { .. }
+        ));
+    }
+
+    #[test]
+    fn event_history_is_bounded() {
+        let mut state = State::default();
+        for epoch in 1..=(EVENT_HISTORY as u64 + 10) {
+            let name = if epoch % 2 == 0 { "db1" } else { "db2" };
+            assert_eq!(
+                state.apply(epoch, &activate(name, epoch)),
+                ApplyOutcome::Applied
+            );
+        }
+        assert_eq!(state.events.len(), EVENT_HISTORY);
+        assert_eq!(state.events.front().map(|e| e.index), Some(11));
+    }
+}
