@@ -13,5 +13,6 @@
 
 pub mod config;
 pub mod dns;
+pub mod engine;
 pub mod health;
 pub mod model;
