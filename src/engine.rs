@@ -61,11 +61,8 @@ pub fn decide_service(
     };
 
     if current.drained.contains(active) {
-        return match best {
-            Some((name, _)) => Some(activate(name, Reason::Drain)),
-            // Nowhere to go: keep serving the drained instance rather than nothing.
-            None => None,
-        };
+        // With nowhere to go, keep serving the drained instance rather than nothing.
+        return best.map(|(name, _)| activate(name, Reason::Drain));
     }
 
     match active_verdict {
