@@ -7,6 +7,10 @@
 //! persists itself on every `apply`, so a restart serves the last applied
 //! state at once, without replaying the log.
 
+// openraft's traits fix the error type (`StorageError`, ~224 bytes); our helpers
+// return the same type so `?` works throughout.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
