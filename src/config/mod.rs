@@ -591,7 +591,11 @@ impl Validator {
                 "must be longer than 0; 50ms suits most clusters",
             );
         }
-        if !min.is_zero() && min <= heartbeat {
+        // Compare only values that parsed: one that did not is already
+        // reported, and stands in as zero here. A parsed zero must still be
+        // compared, or "0s" would slip through.
+        let parsed = |text: &str| humantime::parse_duration(text).is_ok();
+        if parsed(&raw.election_timeout_min) && parsed(&raw.heartbeat) && min <= heartbeat {
             self.problem(
                 "cluster.election_timeout_min",
                 quoted(&raw.election_timeout_min),
@@ -601,7 +605,7 @@ impl Validator {
                 ),
             );
         }
-        if !max.is_zero() && max <= min {
+        if parsed(&raw.election_timeout_max) && parsed(&raw.election_timeout_min) && max <= min {
             self.problem(
                 "cluster.election_timeout_max",
                 quoted(&raw.election_timeout_max),

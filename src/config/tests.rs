@@ -1231,3 +1231,30 @@ fn describe_mentions_nodes_zone_services_checks_and_instances_in_priority_order(
     assert!(text.contains("answers AAAA 2001:db8::22"), "{text}");
     assert!(!text.contains(SECRET), "{text}");
 }
+
+// ------------------------------------------------------------ regressions
+
+#[test]
+fn zero_election_timeouts_are_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "secret_file = ",
+        "election_timeout_min = \"0s\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_min",
+        "\"0s\"",
+        "must be longer than cluster.heartbeat (50ms)",
+    );
+    let text = base_with(&[(
+        "secret_file = ",
+        "election_timeout_max = \"0s\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_max",
+        "\"0s\"",
+        "must be longer than cluster.election_timeout_min (150ms)",
+    );
+}
