@@ -903,11 +903,12 @@ impl Validator {
                 );
             }
         }
-        let only_for = |this: &mut Self, field: &str, present: bool, kinds: &str| {
-            if present {
+        // `value` is the key's value as written, or None when it is absent.
+        let only_for = |this: &mut Self, field: &str, value: Option<String>, kinds: &str| {
+            if let Some(value) = value {
                 this.problem(
                     format!("{key}.{field}"),
-                    "",
+                    value,
                     format!(
                         "only applies to kind = {kinds}, not kind = \"{}\"",
                         raw.kind
@@ -915,9 +916,10 @@ impl Validator {
                 );
             }
         };
+        let command_text = raw.command.as_ref().map(|c| format!("{c:?}"));
         let kind = match raw.kind.as_str() {
             "http" => {
-                only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                only_for(self, "command", command_text, "\"exec\"");
                 let https = match raw.scheme.as_deref() {
                     None | Some("http") => false,
                     Some("https") => true,
@@ -951,17 +953,20 @@ impl Validator {
                 }
             }
             "tcp" | "exec" => {
-                for (field, present) in [
-                    ("path", raw.path.is_some()),
-                    ("scheme", raw.scheme.is_some()),
-                    ("host", raw.host.is_some()),
-                    ("expect_status", raw.expect_status.is_some()),
-                    ("body_contains", raw.body_contains.is_some()),
+                for (field, value) in [
+                    ("path", raw.path.as_deref().map(quoted)),
+                    ("scheme", raw.scheme.as_deref().map(quoted)),
+                    ("host", raw.host.as_deref().map(quoted)),
+                    (
+                        "expect_status",
+                        raw.expect_status.as_ref().map(expect_status_text),
+                    ),
+                    ("body_contains", raw.body_contains.as_deref().map(quoted)),
                 ] {
-                    only_for(self, field, present, "\"http\"");
+                    only_for(self, field, value, "\"http\"");
                 }
                 if raw.kind == "tcp" {
-                    only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                    only_for(self, "command", command_text, "\"exec\"");
                     CheckKind::Tcp
                 } else {
                     let command = raw.command.unwrap_or_default();
@@ -1035,6 +1040,15 @@ impl Validator {
 
 fn quoted(s: &str) -> String {
     format!("{s:?}")
+}
+
+/// `expect_status` as written in the file.
+fn expect_status_text(spec: &raw::ExpectStatus) -> String {
+    match spec {
+        raw::ExpectStatus::One(n) => n.to_string(),
+        raw::ExpectStatus::List(list) => format!("{list:?}"),
+        raw::ExpectStatus::Text(text) => quoted(text),
+    }
 }
 
 /// Checks one DNS label: 1–63 letters, digits, '-' or '_', not starting or

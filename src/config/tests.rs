@@ -772,7 +772,7 @@ fn http_keys_on_tcp_check_are_rejected() {
     fx.single_problem(
         &text,
         "services[1].check.path",
-        "",
+        "\"/health\"",
         "only applies to kind = \"http\", not kind = \"tcp\"",
     );
 }
@@ -787,7 +787,7 @@ fn command_on_http_check_is_rejected() {
     fx.single_problem(
         &text,
         "services[0].check.command",
-        "",
+        "[\"/bin/true\"]",
         "only applies to kind = \"exec\", not kind = \"http\"",
     );
 }
@@ -1256,5 +1256,64 @@ fn zero_election_timeouts_are_rejected() {
         "cluster.election_timeout_max",
         "\"0s\"",
         "must be longer than cluster.election_timeout_min (150ms)",
+    );
+}
+
+#[test]
+fn http_keys_on_exec_check_are_rejected_with_their_values() {
+    let fx = Fixture::new();
+    let cases = [
+        (
+            "scheme = \"https\"",
+            "services[1].check.scheme",
+            "\"https\"",
+        ),
+        (
+            "host = \"db.example\"",
+            "services[1].check.host",
+            "\"db.example\"",
+        ),
+        (
+            "expect_status = [200, 204]",
+            "services[1].check.expect_status",
+            "[200, 204]",
+        ),
+        (
+            "expect_status = \"200-299\"",
+            "services[1].check.expect_status",
+            "\"200-299\"",
+        ),
+        (
+            "body_contains = \"ok\"",
+            "services[1].check.body_contains",
+            "\"ok\"",
+        ),
+    ];
+    for (line, key, value) in cases {
+        let text = base_with(&[(
+            "kind = \"tcp\"",
+            &format!("kind = \"exec\"\ncommand = [\"/bin/true\"]\n{line}"),
+        )]);
+        fx.single_problem(
+            &text,
+            key,
+            value,
+            "only applies to kind = \"http\", not kind = \"exec\"",
+        );
+    }
+}
+
+#[test]
+fn command_on_tcp_check_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "kind = \"tcp\"",
+        "kind = \"tcp\"\ncommand = [\"nc\", \"-z\"]",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[1].check.command",
+        "[\"nc\", \"-z\"]",
+        "only applies to kind = \"exec\", not kind = \"tcp\"",
     );
 }
