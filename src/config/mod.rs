@@ -683,7 +683,9 @@ impl Validator {
                     raw.zone
                 ),
             );
-        } else if zone != "." {
+        }
+        // Checked with or without the dot, so both mistakes show in one pass.
+        if zone != "." {
             if let Err(why) = check_name(&zone) {
                 self.problem("dns.zone", quoted(&raw.zone), why);
             }
@@ -704,16 +706,17 @@ impl Validator {
             );
         }
         let hostmaster = match raw.hostmaster {
-            Some(h) => {
-                let h = h.to_ascii_lowercase();
+            Some(written) => {
+                let h = written.to_ascii_lowercase();
                 if let Err(why) = check_name(&h).and_then(|()| {
                     if h.ends_with('.') { Ok(()) } else { Err("expected an absolute name ending with a dot, like \"hostmaster.example.\"".into()) }
                 }) {
-                    self.problem("dns.hostmaster", quoted(&h), why);
+                    self.problem("dns.hostmaster", quoted(&written), why);
                 }
                 h
             }
-            None => format!("hostmaster.{zone}"),
+            // `dot_zone`, so the root zone gives "hostmaster." and not "hostmaster..".
+            None => format!("hostmaster{}", dot_zone(&zone)),
         };
         DnsConfig {
             zone,

@@ -1317,3 +1317,47 @@ fn command_on_tcp_check_is_rejected() {
         "only applies to kind = \"exec\", not kind = \"tcp\"",
     );
 }
+
+#[test]
+fn hostmaster_problem_shows_the_value_as_written() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "zone = \"svc.example.\"",
+        "zone = \"svc.example.\"\nhostmaster = \"Ops.Example\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "dns.hostmaster",
+        "\"Ops.Example\"",
+        "expected an absolute name ending with a dot",
+    );
+}
+
+#[test]
+fn root_zone_gets_a_valid_default_hostmaster() {
+    let fx = Fixture::new();
+    let config = fx.valid(&base_with(&[("zone = \"svc.example.\"", "zone = \".\"")]));
+    assert_eq!(config.dns.zone, ".");
+    assert_eq!(config.dns.hostmaster, "hostmaster.");
+    assert!(describe(&config).contains("service db → db."));
+}
+
+#[test]
+fn zone_without_dot_and_with_invalid_label_reports_both() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = \"svc.example.\"", "zone = \"svc!.example\"")]);
+    let (problems, shown) = fx.invalid(&text);
+    assert_eq!(problems.len(), 2, "{shown}");
+    assert_problem(
+        &problems[0],
+        "dns.zone",
+        "\"svc!.example\"",
+        "ending with a dot",
+    );
+    assert_problem(
+        &problems[1],
+        "dns.zone",
+        "\"svc!.example\"",
+        "expected a DNS label",
+    );
+}
