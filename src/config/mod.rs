@@ -644,7 +644,13 @@ impl Validator {
             let rpc = self.socket_addr(&format!("{key}.rpc"), &node.rpc);
             let dns = self.socket_addr(&format!("{key}.dns"), &node.dns);
             let api = self.socket_addr(&format!("{key}.api"), &node.api);
-            for (field, addr, text) in [("rpc", rpc, &node.rpc), ("api", api, &node.api)] {
+            // DNS listens on TCP as well as UDP, so it competes with rpc and
+            // api for the same ports.
+            for (field, addr, text) in [
+                ("rpc", rpc, &node.rpc),
+                ("dns", dns, &node.dns),
+                ("api", api, &node.api),
+            ] {
                 if addr.port() != 0 && !addrs.insert(addr) {
                     self.problem(
                         format!("{key}.{field}"),

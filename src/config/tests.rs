@@ -1361,3 +1361,33 @@ fn zone_without_dot_and_with_invalid_label_reports_both() {
         "expected a DNS label",
     );
 }
+
+#[test]
+fn dns_address_shared_with_another_listener_is_rejected() {
+    let fx = Fixture::new();
+    for (to, value) in [
+        ("dns = \"127.0.0.1:7102\"", "\"127.0.0.1:7102\""),
+        ("dns = \"127.0.0.1:5301\"", "\"127.0.0.1:5301\""),
+    ] {
+        let text = base_with(&[("dns = \"127.0.0.1:5302\"", to)]);
+        fx.single_problem(
+            &text,
+            "cluster.nodes[1].dns",
+            value,
+            "every listener needs its own address",
+        );
+    }
+}
+
+#[test]
+fn port_zero_listeners_may_repeat() {
+    // Tests bind port 0 everywhere; the OS picks distinct ports.
+    let fx = Fixture::new();
+    let text = base_with(&[
+        ("rpc = \"127.0.0.1:7101\"", "rpc = \"127.0.0.1:0\""),
+        ("dns = \"127.0.0.1:5301\"", "dns = \"127.0.0.1:0\""),
+        ("api = \"127.0.0.1:8101\"", "api = \"127.0.0.1:0\""),
+    ]);
+    let config = fx.valid(&text);
+    assert_eq!(config.node(1).unwrap().dns.port(), 0);
+}
