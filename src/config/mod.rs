@@ -1063,8 +1063,7 @@ fn expect_status_text(spec: &raw::ExpectStatus) -> String {
 /// Checks one DNS label: 1–63 letters, digits, '-' or '_', not starting or
 /// ending with '-'.
 pub fn check_label(label: &str) -> Result<(), String> {
-    const ACCEPTED: &str =
-        "expected a DNS label: 1 to 63 letters, digits or '-', not starting or ending with '-'";
+    const ACCEPTED: &str = "expected a DNS label: 1 to 63 letters, digits, '-' or '_', not starting or ending with '-'";
     if label.is_empty() || label.len() > 63 {
         return Err(format!("{} characters long; {ACCEPTED}", label.len()));
     }

@@ -1391,3 +1391,23 @@ fn port_zero_listeners_may_repeat() {
     let config = fx.valid(&text);
     assert_eq!(config.node(1).unwrap().dns.port(), 0);
 }
+
+#[test]
+fn underscore_in_names_is_accepted_as_the_label_message_says() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db1\"", "name = \"db_1\"")]);
+    assert!(
+        fx.valid(&text)
+            .service("db")
+            .unwrap()
+            .instance("db_1")
+            .is_some()
+    );
+    let text = base_with(&[("name = \"db1\"", "name = \"db 1\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[0].name",
+        "\"db 1\"",
+        "letters, digits, '-' or '_'",
+    );
+}
