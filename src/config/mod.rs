@@ -591,7 +591,11 @@ impl Validator {
                 "must be longer than 0; 50ms suits most clusters",
             );
         }
-        if !min.is_zero() && min <= heartbeat {
+        // Compare only values that parsed: one that did not is already
+        // reported, and stands in as zero here. A parsed zero must still be
+        // compared, or "0s" would slip through.
+        let parsed = |text: &str| humantime::parse_duration(text).is_ok();
+        if parsed(&raw.election_timeout_min) && parsed(&raw.heartbeat) && min <= heartbeat {
             self.problem(
                 "cluster.election_timeout_min",
                 quoted(&raw.election_timeout_min),
@@ -601,7 +605,7 @@ impl Validator {
                 ),
             );
         }
-        if !max.is_zero() && max <= min {
+        if parsed(&raw.election_timeout_max) && parsed(&raw.election_timeout_min) && max <= min {
             self.problem(
                 "cluster.election_timeout_max",
                 quoted(&raw.election_timeout_max),
@@ -640,7 +644,13 @@ impl Validator {
             let rpc = self.socket_addr(&format!("{key}.rpc"), &node.rpc);
             let dns = self.socket_addr(&format!("{key}.dns"), &node.dns);
             let api = self.socket_addr(&format!("{key}.api"), &node.api);
-            for (field, addr, text) in [("rpc", rpc, &node.rpc), ("api", api, &node.api)] {
+            // DNS listens on TCP as well as UDP, so it competes with rpc and
+            // api for the same ports.
+            for (field, addr, text) in [
+                ("rpc", rpc, &node.rpc),
+                ("dns", dns, &node.dns),
+                ("api", api, &node.api),
+            ] {
                 if addr.port() != 0 && !addrs.insert(addr) {
                     self.problem(
                         format!("{key}.{field}"),
@@ -679,7 +689,9 @@ impl Validator {
                     raw.zone
                 ),
             );
-        } else if zone != "." {
+        }
+        // Checked with or without the dot, so both mistakes show in one pass.
+        if zone != "." {
             if let Err(why) = check_name(&zone) {
                 self.problem("dns.zone", quoted(&raw.zone), why);
             }
@@ -700,16 +712,17 @@ impl Validator {
             );
         }
         let hostmaster = match raw.hostmaster {
-            Some(h) => {
-                let h = h.to_ascii_lowercase();
+            Some(written) => {
+                let h = written.to_ascii_lowercase();
                 if let Err(why) = check_name(&h).and_then(|()| {
                     if h.ends_with('.') { Ok(()) } else { Err("expected an absolute name ending with a dot, like \"hostmaster.example.\"".into()) }
                 }) {
-                    self.problem("dns.hostmaster", quoted(&h), why);
+                    self.problem("dns.hostmaster", quoted(&written), why);
                 }
                 h
             }
-            None => format!("hostmaster.{zone}"),
+            // `dot_zone`, so the root zone gives "hostmaster." and not "hostmaster..".
+            None => format!("hostmaster{}", dot_zone(&zone)),
         };
         DnsConfig {
             zone,
@@ -899,11 +912,12 @@ impl Validator {
                 );
             }
         }
-        let only_for = |this: &mut Self, field: &str, present: bool, kinds: &str| {
-            if present {
+        // `value` is the key's value as written, or None when it is absent.
+        let only_for = |this: &mut Self, field: &str, value: Option<String>, kinds: &str| {
+            if let Some(value) = value {
                 this.problem(
                     format!("{key}.{field}"),
-                    "",
+                    value,
                     format!(
                         "only applies to kind = {kinds}, not kind = \"{}\"",
                         raw.kind
@@ -911,9 +925,10 @@ impl Validator {
                 );
             }
         };
+        let command_text = raw.command.as_ref().map(|c| format!("{c:?}"));
         let kind = match raw.kind.as_str() {
             "http" => {
-                only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                only_for(self, "command", command_text, "\"exec\"");
                 let https = match raw.scheme.as_deref() {
                     None | Some("http") => false,
                     Some("https") => true,
@@ -947,17 +962,20 @@ impl Validator {
                 }
             }
             "tcp" | "exec" => {
-                for (field, present) in [
-                    ("path", raw.path.is_some()),
-                    ("scheme", raw.scheme.is_some()),
-                    ("host", raw.host.is_some()),
-                    ("expect_status", raw.expect_status.is_some()),
-                    ("body_contains", raw.body_contains.is_some()),
+                for (field, value) in [
+                    ("path", raw.path.as_deref().map(quoted)),
+                    ("scheme", raw.scheme.as_deref().map(quoted)),
+                    ("host", raw.host.as_deref().map(quoted)),
+                    (
+                        "expect_status",
+                        raw.expect_status.as_ref().map(expect_status_text),
+                    ),
+                    ("body_contains", raw.body_contains.as_deref().map(quoted)),
                 ] {
-                    only_for(self, field, present, "\"http\"");
+                    only_for(self, field, value, "\"http\"");
                 }
                 if raw.kind == "tcp" {
-                    only_for(self, "command", raw.command.is_some(), "\"exec\"");
+                    only_for(self, "command", command_text, "\"exec\"");
                     CheckKind::Tcp
                 } else {
                     let command = raw.command.unwrap_or_default();
@@ -1033,11 +1051,19 @@ fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// `expect_status` as written in the file.
+fn expect_status_text(spec: &raw::ExpectStatus) -> String {
+    match spec {
+        raw::ExpectStatus::One(n) => n.to_string(),
+        raw::ExpectStatus::List(list) => format!("{list:?}"),
+        raw::ExpectStatus::Text(text) => quoted(text),
+    }
+}
+
 /// Checks one DNS label: 1–63 letters, digits, '-' or '_', not starting or
 /// ending with '-'.
 pub fn check_label(label: &str) -> Result<(), String> {
-    const ACCEPTED: &str =
-        "expected a DNS label: 1 to 63 letters, digits or '-', not starting or ending with '-'";
+    const ACCEPTED: &str = "expected a DNS label: 1 to 63 letters, digits, '-' or '_', not starting or ending with '-'";
     if label.is_empty() || label.len() > 63 {
         return Err(format!("{} characters long; {ACCEPTED}", label.len()));
     }

@@ -1,1 +1,1413 @@
 //! Config validation: every problem a person can make, named by key path.
+//!
+//! Each test starts from [`BASE`], a valid three-node cluster with an http
+//! service (cname instances) and a tcp service (a/aaaa instances), changes one
+//! thing, and checks the exact key, the value and the hint of the problem.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+
+/// A valid config that leaves every defaulted key out, so tests of defaults
+/// and tests of single rules share one starting point.
+const BASE: &str = r#"
+[cluster]
+secret_file = "cluster.secret"
+
+[[cluster.nodes]]
+id = 1
+rpc = "127.0.0.1:7101"
+dns = "127.0.0.1:5301"
+api = "127.0.0.1:8101"
+
+[[cluster.nodes]]
+id = 2
+rpc = "127.0.0.1:7102"
+dns = "127.0.0.1:5302"
+api = "127.0.0.1:8102"
+
+[[cluster.nodes]]
+id = 3
+rpc = "127.0.0.1:7103"
+dns = "127.0.0.1:5303"
+api = "127.0.0.1:8103"
+
+[dns]
+zone = "svc.example."
+
+[[services]]
+name = "web"
+[services.check]
+kind = "http"
+path = "/health"
+
+[[services.instances]]
+name = "web1"
+address = "10.0.0.11:8080"
+cname = "web1.internal.example."
+priority = 2
+
+[[services.instances]]
+name = "web2"
+address = "10.0.0.12:8080"
+cname = "web2.internal.example."
+priority = 1
+
+[[services]]
+name = "db"
+[services.check]
+kind = "tcp"
+
+[[services.instances]]
+name = "db1"
+address = "10.0.0.21:5432"
+a = "10.0.0.21"
+
+[[services.instances]]
+name = "db2"
+address = "[2001:db8::22]:5432"
+aaaa = "2001:db8::22"
+"#;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// [`BASE`] with each `(from, to)` applied once, in order. Panics when `from`
+/// is missing, so a typo in a test cannot silently test the unchanged base.
+#[track_caller]
+fn base_with(edits: &[(&str, &str)]) -> String {
+    let mut text = BASE.to_owned();
+    for (from, to) in edits {
+        assert!(text.contains(from), "base config has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+/// A directory holding `highlander.toml`'s neighbours: a valid secret file.
+struct Fixture {
+    dir: TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("cluster.secret"), format!("{SECRET}\n"))
+            .expect("write secret");
+        Fixture { dir }
+    }
+
+    /// The path the config is parsed as if read from (never written).
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("highlander.toml")
+    }
+
+    fn parse(&self, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(&self.file(), text)
+    }
+
+    #[track_caller]
+    fn valid(&self, text: &str) -> Config {
+        match self.parse(text) {
+            Ok(config) => config,
+            Err(e) => panic!("expected a valid config, got: {e}"),
+        }
+    }
+
+    /// The problems of an invalid config, and the error's `Display`.
+    #[track_caller]
+    fn invalid(&self, text: &str) -> (Vec<Problem>, String) {
+        match self.parse(text) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                let shown = e.to_string();
+                let ConfigError::Invalid { file, problems } = e else {
+                    unreachable!()
+                };
+                assert_eq!(file, self.file());
+                (problems, shown)
+            }
+            Err(e) => panic!("expected ConfigError::Invalid, got: {e}"),
+            Ok(_) => panic!("expected ConfigError::Invalid, the config was accepted"),
+        }
+    }
+
+    /// Asserts that `text` has exactly one problem, at `key`, whose value
+    /// contains `value` and whose message contains `hint`; and that the
+    /// error's `Display` names the file, key, value and hint. Returns it.
+    #[track_caller]
+    fn single_problem(&self, text: &str, key: &str, value: &str, hint: &str) -> Problem {
+        let (problems, shown) = self.invalid(text);
+        assert_eq!(
+            problems.len(),
+            1,
+            "expected one problem at {key}, got: {shown}"
+        );
+        let problem = problems.into_iter().next().unwrap();
+        assert_problem(&problem, key, value, hint);
+        assert_shown(&shown, &self.file(), &problem);
+        problem
+    }
+}
+
+#[track_caller]
+fn assert_problem(problem: &Problem, key: &str, value: &str, hint: &str) {
+    assert_eq!(problem.key, key, "{problem}");
+    assert!(
+        problem.value.contains(value),
+        "value {:?} should contain {value:?}",
+        problem.value
+    );
+    assert!(
+        problem.message.contains(hint),
+        "message {:?} should contain {hint:?}",
+        problem.message
+    );
+}
+
+/// The error's `Display` names the file and shows the problem line in full:
+/// key, value (when there is one) and the message with its accepted form.
+#[track_caller]
+fn assert_shown(shown: &str, file: &Path, problem: &Problem) {
+    assert!(
+        shown.contains(&file.display().to_string()),
+        "{shown:?} should name {}",
+        file.display()
+    );
+    assert!(
+        shown.contains(&problem.to_string()),
+        "{shown:?} should contain {problem}"
+    );
+    if problem.value.is_empty() {
+        assert!(shown.contains(&format!("{}: ", problem.key)));
+    } else {
+        assert!(shown.contains(&format!("{} = {}: ", problem.key, problem.value)));
+    }
+}
+
+// ---------------------------------------------------------------- the base
+
+#[test]
+fn base_config_is_valid() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(config.file, fx.file());
+    let ids: Vec<u64> = config.cluster.nodes.iter().map(|n| n.id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(config.dns.zone, "svc.example.");
+    let names: Vec<&str> = config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["web", "db"]);
+    let db = config.service("db").unwrap();
+    assert_eq!(db.check.kind, CheckKind::Tcp);
+    assert_eq!(
+        db.instance("db1").unwrap().target,
+        Target::A("10.0.0.21".parse().unwrap())
+    );
+    assert_eq!(
+        db.instance("db2").unwrap().target,
+        Target::Aaaa("2001:db8::22".parse().unwrap())
+    );
+    assert_eq!(
+        config.service("web").unwrap().instances[0].target,
+        Target::Cname("web1.internal.example.".into())
+    );
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(config.dns.ttl, Duration::from_secs(5));
+    assert_eq!(config.dns.hostmaster, "hostmaster.svc.example.");
+    assert_eq!(config.cluster.data_dir, fx.dir.path().join("data"));
+    assert_eq!(config.cluster.heartbeat, Duration::from_millis(50));
+    assert_eq!(
+        config.cluster.election_timeout_min,
+        Duration::from_millis(150)
+    );
+    assert_eq!(
+        config.cluster.election_timeout_max,
+        Duration::from_millis(300)
+    );
+    for service in &config.services {
+        assert_eq!(service.failback, Failback::Auto, "{}", service.name);
+        assert_eq!(service.failback_delay, Duration::from_secs(30));
+        assert_eq!(service.check.interval, Duration::from_secs(1));
+        assert_eq!(service.check.timeout, Duration::from_millis(500));
+        assert_eq!(service.check.rise, 2);
+        assert_eq!(service.check.fall, 3);
+    }
+    let db = config.service("db").unwrap();
+    assert!(db.instances.iter().all(|i| i.priority == 1));
+    let CheckKind::Http {
+        https,
+        path,
+        host,
+        expect_status,
+        body_contains,
+    } = &config.service("web").unwrap().check.kind
+    else {
+        panic!("web is an http check");
+    };
+    assert!(!https);
+    assert_eq!(path, "/health");
+    assert_eq!(host, &None);
+    assert_eq!(expect_status, &StatusMatcher::single(200));
+    assert_eq!(body_contains, &None);
+}
+
+#[test]
+fn http_path_defaults_to_root() {
+    let fx = Fixture::new();
+    let config = fx.valid(&base_with(&[("path = \"/health\"\n", "")]));
+    let CheckKind::Http { path, .. } = &config.services[0].check.kind else {
+        panic!("web is an http check");
+    };
+    assert_eq!(path, "/");
+}
+
+#[test]
+fn explicit_settings_override_defaults() {
+    let fx = Fixture::new();
+    let text = base_with(&[
+        (
+            "zone = \"svc.example.\"",
+            "zone = \"svc.example.\"\nttl = \"30s\"\nhostmaster = \"ops.example.\"",
+        ),
+        (
+            "name = \"db\"",
+            "name = \"db\"\nfailback = \"manual\"\nfailback_delay = \"2m\"",
+        ),
+        (
+            "kind = \"tcp\"",
+            "kind = \"tcp\"\ninterval = \"5s\"\ntimeout = \"2s\"\nrise = 1\nfall = 5",
+        ),
+    ]);
+    let config = fx.valid(&text);
+    assert_eq!(config.dns.ttl, Duration::from_secs(30));
+    assert_eq!(config.dns.hostmaster, "ops.example.");
+    let db = config.service("db").unwrap();
+    assert_eq!(db.failback, Failback::Manual);
+    assert_eq!(db.failback_delay, Duration::from_secs(120));
+    assert_eq!(db.check.interval, Duration::from_secs(5));
+    assert_eq!(db.check.timeout, Duration::from_secs(2));
+    assert_eq!((db.check.rise, db.check.fall), (1, 5));
+}
+
+// ------------------------------------------------------------- duplicates
+
+#[test]
+fn duplicate_node_ids_are_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("id = 3", "id = 1")]);
+    fx.single_problem(
+        &text,
+        "cluster.nodes[2].id",
+        "1",
+        "every node needs its own id",
+    );
+}
+
+#[test]
+fn node_id_zero_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("id = 3", "id = 0")]);
+    fx.single_problem(&text, "cluster.nodes[2].id", "0", "expected a positive");
+}
+
+#[test]
+fn duplicate_service_names_are_rejected_ignoring_case() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db\"", "name = \"WEB\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].name",
+        "\"WEB\"",
+        "every service needs its own name",
+    );
+}
+
+#[test]
+fn duplicate_instance_names_are_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db2\"", "name = \"db1\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[1].name",
+        "\"db1\"",
+        "every instance needs its own name",
+    );
+}
+
+#[test]
+fn same_instance_name_in_two_services_is_allowed() {
+    let fx = Fixture::new();
+    let config = fx.valid(&base_with(&[("name = \"db1\"", "name = \"web1\"")]));
+    assert!(config.service("db").unwrap().instance("web1").is_some());
+    assert!(config.service("web").unwrap().instance("web1").is_some());
+}
+
+#[test]
+fn reused_listener_address_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("api = \"127.0.0.1:8103\"", "api = \"127.0.0.1:7101\"")]);
+    fx.single_problem(
+        &text,
+        "cluster.nodes[2].api",
+        "\"127.0.0.1:7101\"",
+        "every listener needs its own address",
+    );
+}
+
+// ------------------------------------------------------------ DNS targets
+
+#[test]
+fn instance_without_target_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("a = \"10.0.0.21\"\n", "")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[0]",
+        "",
+        "exactly one of cname, a or aaaa",
+    );
+}
+
+#[test]
+fn instance_with_two_targets_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("a = \"10.0.0.21\"", "a = \"10.0.0.21\"\naaaa = \"::1\"")]);
+    let problem = fx.single_problem(
+        &text,
+        "services[1].instances[0]",
+        "",
+        "exactly one of cname, a or aaaa",
+    );
+    assert!(problem.message.contains("found a and aaaa"), "{problem}");
+}
+
+#[test]
+fn ipv6_address_in_a_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("a = \"10.0.0.21\"", "a = \"2001:db8::21\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[0].a",
+        "\"2001:db8::21\"",
+        "give an IPv4 address like \"10.0.0.11\"",
+    );
+}
+
+#[test]
+fn non_address_in_a_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("a = \"10.0.0.21\"", "a = \"10.0.0.256\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[0].a",
+        "\"10.0.0.256\"",
+        "expected something like \"10.0.0.11\"",
+    );
+}
+
+#[test]
+fn ipv4_address_in_aaaa_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("aaaa = \"2001:db8::22\"", "aaaa = \"10.0.0.22\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[1].aaaa",
+        "\"10.0.0.22\"",
+        "give an IPv6 address like \"2001:db8::11\"",
+    );
+}
+
+#[test]
+fn non_address_in_aaaa_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("aaaa = \"2001:db8::22\"", "aaaa = \"db2.internal\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[1].aaaa",
+        "\"db2.internal\"",
+        "expected something like \"2001:db8::11\"",
+    );
+}
+
+#[test]
+fn relative_cname_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "cname = \"web2.internal.example.\"",
+        "cname = \"web2.internal.example\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[0].instances[1].cname",
+        "\"web2.internal.example\"",
+        "expected an absolute name ending with a dot, like \"web2.internal.example.\"",
+    );
+}
+
+#[test]
+fn cname_with_invalid_label_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "cname = \"web2.internal.example.\"",
+        "cname = \"web2..example.\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[0].instances[1].cname",
+        "\"web2..example.\"",
+        "expected a DNS label",
+    );
+}
+
+// ------------------------------------------------------------------ names
+
+#[test]
+fn service_name_that_is_not_a_dns_label_is_rejected() {
+    let fx = Fixture::new();
+    for bad in ["web.app", "-web", "web-", "web app", "", &"w".repeat(64)] {
+        let text = base_with(&[("name = \"web\"", &format!("name = \"{bad}\""))]);
+        fx.single_problem(&text, "services[0].name", bad, "expected a DNS label");
+    }
+}
+
+#[test]
+fn service_name_starting_with_underscore_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"web\"", "name = \"_web\"")]);
+    fx.single_problem(&text, "services[0].name", "\"_web\"", "reserved");
+}
+
+#[test]
+fn instance_name_that_is_not_a_dns_label_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db2\"", "name = \"db2.east\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[1].name",
+        "\"db2.east\"",
+        "expected a DNS label",
+    );
+}
+
+#[test]
+fn zone_without_trailing_dot_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = \"svc.example.\"", "zone = \"svc.example\"")]);
+    fx.single_problem(
+        &text,
+        "dns.zone",
+        "\"svc.example\"",
+        "ending with a dot, like \"svc.example.\"",
+    );
+}
+
+#[test]
+fn zone_with_invalid_label_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = \"svc.example.\"", "zone = \"svc!.example.\"")]);
+    fx.single_problem(
+        &text,
+        "dns.zone",
+        "\"svc!.example.\"",
+        "expected a DNS label",
+    );
+}
+
+#[test]
+fn relative_hostmaster_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "zone = \"svc.example.\"",
+        "zone = \"svc.example.\"\nhostmaster = \"ops.example\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "dns.hostmaster",
+        "\"ops.example\"",
+        "expected an absolute name ending with a dot",
+    );
+}
+
+#[test]
+fn names_are_lowercased() {
+    let fx = Fixture::new();
+    let text = base_with(&[
+        ("zone = \"svc.example.\"", "zone = \"SVC.Example.\""),
+        ("name = \"web\"", "name = \"Web\""),
+        ("name = \"web1\"", "name = \"WEB1\""),
+        (
+            "cname = \"web1.internal.example.\"",
+            "cname = \"Web1.Internal.EXAMPLE.\"",
+        ),
+    ]);
+    let config = fx.valid(&text);
+    assert_eq!(config.dns.zone, "svc.example.");
+    assert_eq!(config.dns.hostmaster, "hostmaster.svc.example.");
+    let web = config
+        .service("web")
+        .expect("service found by lowercase name");
+    let web1 = web
+        .instance("web1")
+        .expect("instance found by lowercase name");
+    assert_eq!(web1.target, Target::Cname("web1.internal.example.".into()));
+}
+
+// ------------------------------------------------------------ the check
+
+#[test]
+fn zero_rise_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"tcp\"\nrise = 0")]);
+    fx.single_problem(&text, "services[1].check.rise", "0", "must be at least 1");
+}
+
+#[test]
+fn zero_fall_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"http\"", "kind = \"http\"\nfall = 0")]);
+    fx.single_problem(&text, "services[0].check.fall", "0", "must be at least 1");
+}
+
+#[test]
+fn timeout_equal_to_interval_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "kind = \"tcp\"",
+        "kind = \"tcp\"\ninterval = \"2s\"\ntimeout = \"2s\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[1].check.timeout",
+        "\"2s\"",
+        "must be shorter than the interval (2s)",
+    );
+}
+
+#[test]
+fn timeout_longer_than_interval_is_rejected() {
+    let fx = Fixture::new();
+    // Only the timeout is set: it must be compared with the default interval.
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"tcp\"\ntimeout = \"1500ms\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].check.timeout",
+        "\"1500ms\"",
+        "must be shorter than the interval (1s)",
+    );
+}
+
+#[test]
+fn zero_interval_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"tcp\"\ninterval = \"0s\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].check.interval",
+        "\"0s\"",
+        "must be longer than 0",
+    );
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"tcp\"\ninterval = \"5x\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].check.interval",
+        "\"5x\"",
+        "expected a number with a unit, like \"500ms\"",
+    );
+}
+
+#[test]
+fn bad_durations_are_rejected_wherever_they_appear() {
+    let fx = Fixture::new();
+    let cases = [
+        (
+            "secret_file = ",
+            "heartbeat = \"5x\"\nsecret_file = ",
+            "cluster.heartbeat",
+        ),
+        ("zone = ", "ttl = \"5x\"\nzone = ", "dns.ttl"),
+        (
+            "name = \"db\"",
+            "name = \"db\"\nfailback_delay = \"5x\"",
+            "services[1].failback_delay",
+        ),
+        (
+            "kind = \"http\"",
+            "kind = \"http\"\ntimeout = \"5x\"",
+            "services[0].check.timeout",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let text = base_with(&[(from, to)]);
+        fx.single_problem(&text, key, "\"5x\"", "expected a number with a unit");
+    }
+}
+
+#[test]
+fn fractional_ttl_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = ", "ttl = \"1500ms\"\nzone = ")]);
+    fx.single_problem(&text, "dns.ttl", "\"1500ms\"", "whole seconds");
+}
+
+#[test]
+fn unknown_check_kind_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"icmp\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].check.kind",
+        "\"icmp\"",
+        "expected \"http\", \"tcp\" or \"exec\"",
+    );
+}
+
+#[test]
+fn unknown_failback_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db\"", "name = \"db\"\nfailback = \"never\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].failback",
+        "\"never\"",
+        "expected \"auto\" or \"manual\"",
+    );
+}
+
+#[test]
+fn expect_status_forms_are_accepted() {
+    let fx = Fixture::new();
+    let cases: [(&str, &[u16], &[u16]); 3] = [
+        ("200", &[200], &[199, 201, 204]),
+        ("[200, 204]", &[200, 204], &[201, 203, 205]),
+        ("\"200-299\"", &[200, 250, 299], &[199, 300]),
+    ];
+    for (spec, accepted, refused) in cases {
+        let text = base_with(&[(
+            "path = \"/health\"",
+            &format!("path = \"/health\"\nexpect_status = {spec}"),
+        )]);
+        let config = fx.valid(&text);
+        let CheckKind::Http { expect_status, .. } = &config.services[0].check.kind else {
+            panic!("web is an http check");
+        };
+        for &status in accepted {
+            assert!(
+                expect_status.accepts(status),
+                "{spec} should accept {status}"
+            );
+        }
+        for &status in refused {
+            assert!(
+                !expect_status.accepts(status),
+                "{spec} should refuse {status}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_expect_status_is_rejected() {
+    let fx = Fixture::new();
+    let cases = [
+        ("99", "99"),
+        ("600", "600"),
+        ("[200, 99]", "99"),
+        ("[]", "[]"),
+        ("\"300-200\"", "\"300-200\""),
+        ("\"2xx\"", "\"2xx\""),
+    ];
+    for (spec, value) in cases {
+        let text = base_with(&[(
+            "path = \"/health\"",
+            &format!("path = \"/health\"\nexpect_status = {spec}"),
+        )]);
+        fx.single_problem(
+            &text,
+            "services[0].check.expect_status",
+            value,
+            "expected a status code (200), a list ([200, 204]) or a range (\"200-299\")",
+        );
+    }
+}
+
+#[test]
+fn relative_http_path_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("path = \"/health\"", "path = \"health\"")]);
+    fx.single_problem(
+        &text,
+        "services[0].check.path",
+        "\"health\"",
+        "expected an absolute path starting with '/', like \"/health\"",
+    );
+}
+
+#[test]
+fn bad_http_scheme_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("path = \"/health\"", "path = \"/health\"\nscheme = \"ftp\"")]);
+    fx.single_problem(
+        &text,
+        "services[0].check.scheme",
+        "\"ftp\"",
+        "expected \"http\" or \"https\"",
+    );
+}
+
+#[test]
+fn http_keys_on_tcp_check_are_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("kind = \"tcp\"", "kind = \"tcp\"\npath = \"/health\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].check.path",
+        "\"/health\"",
+        "only applies to kind = \"http\", not kind = \"tcp\"",
+    );
+}
+
+#[test]
+fn command_on_http_check_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "kind = \"http\"",
+        "kind = \"http\"\ncommand = [\"/bin/true\"]",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[0].check.command",
+        "[\"/bin/true\"]",
+        "only applies to kind = \"exec\", not kind = \"http\"",
+    );
+}
+
+#[test]
+fn exec_check_with_command_is_accepted() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "kind = \"tcp\"",
+        "kind = \"exec\"\ncommand = [\"/usr/local/bin/check-db\", \"{address}\"]",
+    )]);
+    let config = fx.valid(&text);
+    assert_eq!(
+        config.service("db").unwrap().check.kind,
+        CheckKind::Exec {
+            command: vec!["/usr/local/bin/check-db".into(), "{address}".into()]
+        }
+    );
+}
+
+#[test]
+fn exec_check_without_command_is_rejected() {
+    let fx = Fixture::new();
+    for command in ["", "\ncommand = []", "\ncommand = [\"\"]"] {
+        let text = base_with(&[("kind = \"tcp\"", &format!("kind = \"exec\"{command}"))]);
+        fx.single_problem(
+            &text,
+            "services[1].check.command",
+            "",
+            "an exec check needs a command: an argv list like",
+        );
+    }
+}
+
+// ------------------------------------------------------------- addresses
+
+#[test]
+fn bad_node_socket_addresses_are_rejected() {
+    let fx = Fixture::new();
+    let cases = [
+        (
+            "rpc = \"127.0.0.1:7102\"",
+            "rpc = \"127.0.0.1\"",
+            "cluster.nodes[1].rpc",
+            "\"127.0.0.1\"",
+        ),
+        (
+            "dns = \"127.0.0.1:5302\"",
+            "dns = \"localhost:5302\"",
+            "cluster.nodes[1].dns",
+            "\"localhost:5302\"",
+        ),
+        (
+            "api = \"127.0.0.1:8102\"",
+            "api = \"::1:8102\"",
+            "cluster.nodes[1].api",
+            "\"::1:8102\"",
+        ),
+        (
+            "rpc = \"127.0.0.1:7102\"",
+            "rpc = \"127.0.0.1:70000\"",
+            "cluster.nodes[1].rpc",
+            "\"127.0.0.1:70000\"",
+        ),
+    ];
+    for (from, to, key, value) in cases {
+        let text = base_with(&[(from, to)]);
+        fx.single_problem(
+            &text,
+            key,
+            value,
+            "expected an IP address and port, like \"127.0.0.1:5301\"",
+        );
+    }
+}
+
+#[test]
+fn ipv6_node_addresses_are_accepted() {
+    let fx = Fixture::new();
+    let config = fx.valid(&base_with(&[(
+        "rpc = \"127.0.0.1:7102\"",
+        "rpc = \"[::1]:7102\"",
+    )]));
+    assert_eq!(config.node(2).unwrap().rpc, "[::1]:7102".parse().unwrap());
+}
+
+#[test]
+fn bad_instance_addresses_are_rejected() {
+    let fx = Fixture::new();
+    for bad in ["10.0.0.21", "10.0.0.21:http", "2001:db8::21:5432"] {
+        let text = base_with(&[(
+            "address = \"10.0.0.21:5432\"",
+            &format!("address = \"{bad}\""),
+        )]);
+        fx.single_problem(
+            &text,
+            "services[1].instances[0].address",
+            bad,
+            "expected host:port, like \"10.0.0.11:8080\"",
+        );
+    }
+}
+
+#[test]
+fn instance_address_with_bad_host_name_is_rejected() {
+    let fx = Fixture::new();
+    for (bad, hint) in [
+        ("db!.internal:5432", "expected a DNS label"),
+        (":5432", "expected a domain name"),
+    ] {
+        let text = base_with(&[(
+            "address = \"10.0.0.21:5432\"",
+            &format!("address = \"{bad}\""),
+        )]);
+        fx.single_problem(&text, "services[1].instances[0].address", bad, hint);
+    }
+}
+
+#[test]
+fn instance_address_may_be_a_host_name() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "address = \"10.0.0.21:5432\"",
+        "address = \"db1.internal:5432\"",
+    )]);
+    let config = fx.valid(&text);
+    assert_eq!(
+        config.service("db").unwrap().instances[0].address,
+        "db1.internal:5432"
+    );
+}
+
+// ------------------------------------------------------------ raft timing
+
+#[test]
+fn election_timeout_min_not_below_max_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "secret_file = ",
+        "election_timeout_min = \"300ms\"\nelection_timeout_max = \"300ms\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_max",
+        "\"300ms\"",
+        "must be longer than cluster.election_timeout_min (300ms)",
+    );
+}
+
+#[test]
+fn election_timeout_min_not_above_heartbeat_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "secret_file = ",
+        "heartbeat = \"100ms\"\nelection_timeout_min = \"100ms\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_min",
+        "\"100ms\"",
+        "must be longer than cluster.heartbeat (100ms)",
+    );
+}
+
+#[test]
+fn zero_heartbeat_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("secret_file = ", "heartbeat = \"0s\"\nsecret_file = ")]);
+    fx.single_problem(
+        &text,
+        "cluster.heartbeat",
+        "\"0s\"",
+        "must be longer than 0",
+    );
+}
+
+// --------------------------------------------------------- nodes, secret
+
+#[test]
+fn node_id_the_file_does_not_list_is_rejected() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(
+        config.node(2).unwrap().api,
+        "127.0.0.1:8102".parse().unwrap()
+    );
+    let err = config.node(7).unwrap_err();
+    let ConfigError::UnknownNode { file, id, known } = &err else {
+        panic!("expected UnknownNode, got {err}");
+    };
+    assert_eq!(
+        (file, *id, known.as_slice()),
+        (&fx.file(), 7, &[1, 2, 3][..])
+    );
+    let shown = err.to_string();
+    assert!(shown.contains(&fx.file().display().to_string()), "{shown}");
+    assert!(shown.contains("node id 7"), "{shown}");
+    assert!(shown.contains("node ids 1, 2, 3"), "{shown}");
+}
+
+#[test]
+fn config_without_nodes_is_rejected() {
+    let fx = Fixture::new();
+    let start = BASE.find("[[cluster.nodes]]").unwrap();
+    let end = BASE.find("[dns]").unwrap();
+    let text = format!("{}{}", &BASE[..start], &BASE[end..]);
+    fx.single_problem(
+        &text,
+        "cluster.nodes",
+        "",
+        "list at least one [[cluster.nodes]]",
+    );
+}
+
+#[test]
+fn missing_secret_file_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[("\"cluster.secret\"", "\"missing.secret\"")]);
+    let problem = fx.single_problem(
+        &text,
+        "cluster.secret_file",
+        "\"missing.secret\"",
+        "expected a readable file holding the shared cluster secret",
+    );
+    let full = fx.dir.path().join("missing.secret");
+    assert!(
+        problem.message.contains(&full.display().to_string()),
+        "{problem}"
+    );
+}
+
+#[test]
+fn unreadable_secret_file_is_rejected() {
+    // Tests may run as root, which reads any file whatever its mode; a
+    // directory is unreadable as a file for everyone.
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.dir.path().join("secrets")).unwrap();
+    let text = base_with(&[("\"cluster.secret\"", "\"secrets\"")]);
+    fx.single_problem(
+        &text,
+        "cluster.secret_file",
+        "\"secrets\"",
+        "expected a readable file holding the shared cluster secret",
+    );
+}
+
+#[test]
+fn too_short_secret_is_rejected() {
+    let fx = Fixture::new();
+    // 15 bytes once the trailing newline is trimmed.
+    std::fs::write(fx.dir.path().join("short.secret"), "0123456789abcde\n").unwrap();
+    let text = base_with(&[("\"cluster.secret\"", "\"short.secret\"")]);
+    let problem = fx.single_problem(
+        &text,
+        "cluster.secret_file",
+        "\"short.secret\"",
+        "use at least 16 random bytes",
+    );
+    assert!(problem.message.contains("15 bytes long"), "{problem}");
+}
+
+#[test]
+fn secret_is_read_and_trimmed() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(config.cluster.secret, SECRET.as_bytes());
+}
+
+#[test]
+fn secret_is_not_shown_by_debug() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    let pretty = format!("{config:#?}");
+    assert!(!pretty.contains(SECRET), "{pretty}");
+}
+
+#[test]
+fn relative_paths_are_resolved_against_the_config_directory() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.dir.path().join("etc")).unwrap();
+    std::fs::write(fx.dir.path().join("etc/cluster.secret"), SECRET).unwrap();
+    let text = base_with(&[(
+        "secret_file = \"cluster.secret\"",
+        "data_dir = \"state\"\nsecret_file = \"etc/cluster.secret\"",
+    )]);
+    let config = fx.valid(&text);
+    assert_eq!(config.cluster.data_dir, fx.dir.path().join("state"));
+    assert_eq!(
+        config.cluster.secret_file,
+        fx.dir.path().join("etc/cluster.secret")
+    );
+    assert_eq!(
+        config.node_data_dir(2),
+        fx.dir.path().join("state").join("node-2")
+    );
+}
+
+#[test]
+fn absolute_paths_are_kept() {
+    let fx = Fixture::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let secret = elsewhere.path().join("cluster.secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let data = elsewhere.path().join("data");
+    let text = base_with(&[(
+        "secret_file = \"cluster.secret\"",
+        &format!(
+            "data_dir = {:?}\nsecret_file = {:?}",
+            data.display().to_string(),
+            secret.display().to_string()
+        ),
+    )]);
+    let config = fx.valid(&text);
+    assert_eq!(config.cluster.data_dir, data);
+    assert_eq!(config.cluster.secret_file, secret);
+}
+
+// ---------------------------------------------------- syntax, many problems
+
+#[test]
+fn unknown_keys_are_rejected_with_the_key_named() {
+    let fx = Fixture::new();
+    let cases = [
+        ("[dns]", "[dns]\nzoen = \"x.\"", "zoen"),
+        ("kind = \"tcp\"", "kind = \"tcp\"\nretries = 3", "retries"),
+        (
+            "a = \"10.0.0.21\"",
+            "a = \"10.0.0.21\"\nweight = 5",
+            "weight",
+        ),
+        ("[dns]", "[metrics]\nenabled = true\n\n[dns]", "metrics"),
+    ];
+    for (from, to, unknown) in cases {
+        let text = base_with(&[(from, to)]);
+        match fx.parse(&text) {
+            Err(e @ ConfigError::Syntax { .. }) => {
+                let shown = e.to_string();
+                assert!(shown.contains(&fx.file().display().to_string()), "{shown}");
+                assert!(
+                    shown.contains(&format!("unknown field `{unknown}`")),
+                    "{shown}"
+                );
+                assert!(shown.contains("expected"), "{shown}");
+            }
+            other => panic!("expected a syntax error for {unknown}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn toml_syntax_error_names_the_file() {
+    let fx = Fixture::new();
+    let text = base_with(&[("id = 2", "id = \"two\"")]);
+    let err = fx.parse(&text).unwrap_err();
+    let ConfigError::Syntax { file, message } = &err else {
+        panic!("expected a syntax error, got {err}");
+    };
+    assert_eq!(file, &fx.file());
+    assert!(message.contains("id"), "{message}");
+    assert!(err.to_string().contains(&fx.file().display().to_string()));
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let fx = Fixture::new();
+    let text = base_with(&[
+        ("id = 3", "id = 2"),
+        ("zone = \"svc.example.\"", "zone = \"svc.example\""),
+        (
+            "kind = \"tcp\"",
+            "kind = \"tcp\"\nrise = 0\ninterval = \"5x\"",
+        ),
+        ("aaaa = \"2001:db8::22\"", "aaaa = \"10.0.0.22\""),
+    ]);
+    let (problems, shown) = fx.invalid(&text);
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "cluster.nodes[2].id",
+            "dns.zone",
+            "services[1].check.interval",
+            "services[1].check.rise",
+            "services[1].instances[1].aaaa",
+        ]
+    );
+    assert!(shown.contains("has 5 problems"), "{shown}");
+    for problem in &problems {
+        assert_shown(&shown, &fx.file(), problem);
+    }
+}
+
+// ---------------------------------------------------------------- describe
+
+#[test]
+fn describe_mentions_nodes_zone_services_checks_and_instances_in_priority_order() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    let text = describe(&config);
+    assert!(text.contains(&fx.file().display().to_string()), "{text}");
+    assert!(text.contains("3 nodes"), "{text}");
+    for node in [
+        "node 1: rpc 127.0.0.1:7101",
+        "node 2:",
+        "node 3: rpc 127.0.0.1:7103",
+    ] {
+        assert!(text.contains(node), "{node} missing from:\n{text}");
+    }
+    assert!(text.contains("svc.example."), "{text}");
+    assert!(text.contains("ttl 5s"), "{text}");
+    assert!(text.contains("service web → web.svc.example."), "{text}");
+    assert!(text.contains("service db → db.svc.example."), "{text}");
+    assert!(text.contains("failback auto after 30s"), "{text}");
+    assert!(
+        text.contains("GET http://<address>/health expecting 200"),
+        "{text}"
+    );
+    assert!(text.contains("TCP connect to <address>"), "{text}");
+    assert!(text.contains("every 1s, timeout 500ms"), "{text}");
+    assert!(
+        text.contains("up after 2 successes, down after 3 failures"),
+        "{text}"
+    );
+    // web2 has priority 1, web1 priority 2: web2 is listed first although
+    // it comes second in the file.
+    let web2 = text.find("1. instance web2").expect(&text);
+    let web1 = text.find("2. instance web1").expect(&text);
+    assert!(web2 < web1, "{text}");
+    assert!(
+        text.contains("answers CNAME web2.internal.example."),
+        "{text}"
+    );
+    // Equal priorities keep file order.
+    let db1 = text.find("1. instance db1").expect(&text);
+    let db2 = text.find("2. instance db2").expect(&text);
+    assert!(db1 < db2, "{text}");
+    assert!(text.contains("answers A 10.0.0.21"), "{text}");
+    assert!(text.contains("answers AAAA 2001:db8::22"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+}
+
+// ------------------------------------------------------------ regressions
+
+#[test]
+fn zero_election_timeouts_are_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "secret_file = ",
+        "election_timeout_min = \"0s\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_min",
+        "\"0s\"",
+        "must be longer than cluster.heartbeat (50ms)",
+    );
+    let text = base_with(&[(
+        "secret_file = ",
+        "election_timeout_max = \"0s\"\nsecret_file = ",
+    )]);
+    fx.single_problem(
+        &text,
+        "cluster.election_timeout_max",
+        "\"0s\"",
+        "must be longer than cluster.election_timeout_min (150ms)",
+    );
+}
+
+#[test]
+fn http_keys_on_exec_check_are_rejected_with_their_values() {
+    let fx = Fixture::new();
+    let cases = [
+        (
+            "scheme = \"https\"",
+            "services[1].check.scheme",
+            "\"https\"",
+        ),
+        (
+            "host = \"db.example\"",
+            "services[1].check.host",
+            "\"db.example\"",
+        ),
+        (
+            "expect_status = [200, 204]",
+            "services[1].check.expect_status",
+            "[200, 204]",
+        ),
+        (
+            "expect_status = \"200-299\"",
+            "services[1].check.expect_status",
+            "\"200-299\"",
+        ),
+        (
+            "body_contains = \"ok\"",
+            "services[1].check.body_contains",
+            "\"ok\"",
+        ),
+    ];
+    for (line, key, value) in cases {
+        let text = base_with(&[(
+            "kind = \"tcp\"",
+            &format!("kind = \"exec\"\ncommand = [\"/bin/true\"]\n{line}"),
+        )]);
+        fx.single_problem(
+            &text,
+            key,
+            value,
+            "only applies to kind = \"http\", not kind = \"exec\"",
+        );
+    }
+}
+
+#[test]
+fn command_on_tcp_check_is_rejected() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "kind = \"tcp\"",
+        "kind = \"tcp\"\ncommand = [\"nc\", \"-z\"]",
+    )]);
+    fx.single_problem(
+        &text,
+        "services[1].check.command",
+        "[\"nc\", \"-z\"]",
+        "only applies to kind = \"exec\", not kind = \"tcp\"",
+    );
+}
+
+#[test]
+fn hostmaster_problem_shows_the_value_as_written() {
+    let fx = Fixture::new();
+    let text = base_with(&[(
+        "zone = \"svc.example.\"",
+        "zone = \"svc.example.\"\nhostmaster = \"Ops.Example\"",
+    )]);
+    fx.single_problem(
+        &text,
+        "dns.hostmaster",
+        "\"Ops.Example\"",
+        "expected an absolute name ending with a dot",
+    );
+}
+
+#[test]
+fn root_zone_gets_a_valid_default_hostmaster() {
+    let fx = Fixture::new();
+    let config = fx.valid(&base_with(&[("zone = \"svc.example.\"", "zone = \".\"")]));
+    assert_eq!(config.dns.zone, ".");
+    assert_eq!(config.dns.hostmaster, "hostmaster.");
+    assert!(describe(&config).contains("service db → db."));
+}
+
+#[test]
+fn zone_without_dot_and_with_invalid_label_reports_both() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = \"svc.example.\"", "zone = \"svc!.example\"")]);
+    let (problems, shown) = fx.invalid(&text);
+    assert_eq!(problems.len(), 2, "{shown}");
+    assert_problem(
+        &problems[0],
+        "dns.zone",
+        "\"svc!.example\"",
+        "ending with a dot",
+    );
+    assert_problem(
+        &problems[1],
+        "dns.zone",
+        "\"svc!.example\"",
+        "expected a DNS label",
+    );
+}
+
+#[test]
+fn dns_address_shared_with_another_listener_is_rejected() {
+    let fx = Fixture::new();
+    for (to, value) in [
+        ("dns = \"127.0.0.1:7102\"", "\"127.0.0.1:7102\""),
+        ("dns = \"127.0.0.1:5301\"", "\"127.0.0.1:5301\""),
+    ] {
+        let text = base_with(&[("dns = \"127.0.0.1:5302\"", to)]);
+        fx.single_problem(
+            &text,
+            "cluster.nodes[1].dns",
+            value,
+            "every listener needs its own address",
+        );
+    }
+}
+
+#[test]
+fn port_zero_listeners_may_repeat() {
+    // Tests bind port 0 everywhere; the OS picks distinct ports.
+    let fx = Fixture::new();
+    let text = base_with(&[
+        ("rpc = \"127.0.0.1:7101\"", "rpc = \"127.0.0.1:0\""),
+        ("dns = \"127.0.0.1:5301\"", "dns = \"127.0.0.1:0\""),
+        ("api = \"127.0.0.1:8101\"", "api = \"127.0.0.1:0\""),
+    ]);
+    let config = fx.valid(&text);
+    assert_eq!(config.node(1).unwrap().dns.port(), 0);
+}
+
+#[test]
+fn underscore_in_names_is_accepted_as_the_label_message_says() {
+    let fx = Fixture::new();
+    let text = base_with(&[("name = \"db1\"", "name = \"db_1\"")]);
+    assert!(
+        fx.valid(&text)
+            .service("db")
+            .unwrap()
+            .instance("db_1")
+            .is_some()
+    );
+    let text = base_with(&[("name = \"db1\"", "name = \"db 1\"")]);
+    fx.single_problem(
+        &text,
+        "services[1].instances[0].name",
+        "\"db 1\"",
+        "letters, digits, '-' or '_'",
+    );
+}
