@@ -1,1 +1,160 @@
-fn main() {}
+//! The `highlander` binary: command line, logging and exit codes.
+//!
+//! Startup reads like a script: parse the command line, start logging, load
+//! the config (exit 2 on a bad one, before anything listens), bind, log the
+//! bound addresses, run until SIGINT/SIGTERM, then drain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use highlander::config::{self, Config};
+use highlander::node::{Node, NodeError};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad config, secret or command line (the node never started).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure while running.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "highlander",
+    version,
+    about = "There can be only one: a highly available cluster that keeps exactly one healthy instance of each service active and answers it in DNS.",
+    long_about = None,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one coordinator node of the cluster described by the config file.
+    ///
+    /// The node health-checks every instance of every service, records the
+    /// active instance of each service in its Raft log under
+    /// `data_dir/node-N`, and answers DNS for the zone on its `dns` address
+    /// (UDP and TCP). Stop it with SIGINT or SIGTERM.
+    Run {
+        /// The cluster config file (TOML); every node reads the same file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Which `[[cluster.nodes]]` entry this process is.
+        #[arg(long, value_name = "N")]
+        node_id: u64,
+    },
+    /// Validate a config file and print what it means.
+    ///
+    /// Exit 0 when it is valid, 2 with every problem listed (file, key,
+    /// value, what would be accepted) when not. The secret file is read too.
+    CheckConfig {
+        /// The cluster config file (TOML).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Also check that this node id is listed.
+        #[arg(long, value_name = "N")]
+        node_id: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file, node_id } => check_config(&file, node_id),
+        Command::Run { config, node_id } => {
+            init_logging();
+            let config = match load(&config, Some(node_id)) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("highlander: cannot start the async runtime: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
+                }
+            };
+            runtime.block_on(run(config, node_id))
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    // hickory logs two INFO lines per query; keep its warnings only.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,openraft=warn"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load(file: &std::path::Path, node_id: Option<u64>) -> Result<Config, ExitCode> {
+    let config = Config::load(file).and_then(|c| match node_id {
+        Some(id) => c.node(id).map(|_| ()).map(|()| c),
+        None => Ok(c),
+    });
+    config.map_err(|e| {
+        eprintln!("highlander: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(file: &std::path::Path, node_id: Option<u64>) -> ExitCode {
+    match load(file, node_id) {
+        Ok(config) => {
+            print!("{}", config::describe(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn run(config: Config, node_id: u64) -> ExitCode {
+    let node = match Node::bind(config, node_id).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("highlander: {e}");
+            return ExitCode::from(match e {
+                NodeError::Config(_) => EXIT_CONFIG,
+                _ => EXIT_FAILURE,
+            });
+        }
+    };
+    let cancel = CancellationToken::new();
+    let signals = tokio::spawn(shutdown_signal(cancel.clone()));
+    let result = node.run(cancel).await;
+    signals.abort();
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "node failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Cancels `cancel` on SIGINT or SIGTERM.
+async fn shutdown_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    cancel.cancel();
+}

@@ -1,0 +1,217 @@
+//! What every integration test needs: HTTP instances that can be killed,
+//! a config written to a temporary directory, DNS queries over UDP, and
+//! polling a condition against a deadline (never a sleep as synchronisation).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+/// The zone every test config serves.
+pub const ZONE: &str = "svc.test.";
+
+/// A tiny HTTP server standing in for a service instance: it answers every
+/// request with 200 and its name, until it is killed.
+pub struct Instance {
+    pub name: String,
+    pub addr: SocketAddr,
+    server: JoinHandle<()>,
+}
+
+impl Instance {
+    /// Starts an instance on a free loopback port.
+    pub async fn start(name: &str) -> Result<Instance> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let body = name.to_owned();
+        let server = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    // Read the request head; the content does not matter.
+                    let _ = stream.read(&mut buf).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                        body.len(),
+                        body
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(Instance {
+            name: name.to_owned(),
+            addr,
+            server,
+        })
+    }
+
+    /// Kills the instance: its port refuses connections from now on.
+    pub async fn kill(self) {
+        self.server.abort();
+        let _ = self.server.await;
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A config directory with a secret file.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    pub fn new() -> Result<ConfigDir> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("cluster.secret"), "integration-test-secret-0123456789")?;
+        Ok(ConfigDir { dir })
+    }
+
+    /// Writes `highlander.toml` and returns its path.
+    pub fn write(&self, toml: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join("highlander.toml");
+        std::fs::write(&path, toml)?;
+        Ok(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A one-node config serving service `app` with the given instances
+/// (in priority order), each answering `CNAME <name>.internal.`. The node's
+/// DNS listens on `dns` (port 0 picks a free one).
+pub fn one_node_config(instances: &[&Instance], failback: &str, dns: &str) -> String {
+    let mut toml = format!(
+        r#"
+[cluster]
+data_dir = "data"
+secret_file = "cluster.secret"
+
+[[cluster.nodes]]
+id = 1
+rpc = "127.0.0.1:0"
+dns = "{dns}"
+api = "127.0.0.1:0"
+
+[dns]
+zone = "{ZONE}"
+ttl = "5s"
+
+[[services]]
+name = "app"
+failback = "{failback}"
+failback_delay = "1s"
+[services.check]
+kind = "http"
+path = "/health"
+interval = "100ms"
+timeout = "80ms"
+rise = 1
+fall = 2
+"#
+    );
+    for (i, instance) in instances.iter().enumerate() {
+        toml.push_str(&format!(
+            "\n[[services.instances]]\nname = \"{}\"\naddress = \"{}\"\ncname = \"{}.internal.\"\npriority = {}\n",
+            instance.name,
+            instance.addr,
+            instance.name,
+            i + 1
+        ));
+    }
+    toml
+}
+
+/// Sends one query over UDP and returns the response.
+pub async fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Result<Message> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let mut message = Message::query();
+    message.add_query(Query::query(Name::from_ascii(name)?, rtype));
+    message.metadata.recursion_desired = false;
+    socket.send_to(&message.to_vec()?, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .context("no DNS response within 2s")??;
+    let response = Message::from_vec(&buf[..len])?;
+    if response.metadata.id != message.metadata.id {
+        bail!("response id {} does not match query id {}", response.metadata.id, message.metadata.id);
+    }
+    Ok(response)
+}
+
+/// What the node answers for service `app`: the instance and epoch from the
+/// `_highlander` TXT record, and the CNAME target of the service name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub instance: String,
+    pub epoch: u64,
+    pub cname: String,
+}
+
+/// Asks `server` for `app`'s TXT and CNAME; `Ok(None)` while it answers SERVFAIL.
+pub async fn answer(server: SocketAddr) -> Result<Option<Answer>> {
+    let txt = query(server, &format!("_highlander.app.{ZONE}"), RecordType::TXT).await?;
+    if txt.metadata.response_code == ResponseCode::ServFail {
+        return Ok(None);
+    }
+    let mut instance = None;
+    let mut epoch = None;
+    for record in &txt.answers {
+        if let RData::TXT(data) = &record.data {
+            for part in data.txt_data.iter() {
+                let text = String::from_utf8_lossy(part);
+                if let Some(v) = text.strip_prefix("instance=") {
+                    instance = Some(v.to_owned());
+                }
+                if let Some(v) = text.strip_prefix("epoch=") {
+                    epoch = Some(v.parse::<u64>()?);
+                }
+            }
+        }
+    }
+    let cname_response = query(server, &format!("app.{ZONE}"), RecordType::A).await?;
+    let cname = cname_response.answers.iter().find_map(|r| match &r.data {
+        RData::CNAME(target) => Some(target.0.to_ascii()),
+        _ => None,
+    });
+    match (instance, epoch, cname) {
+        (Some(instance), Some(epoch), Some(cname)) => Ok(Some(Answer { instance, epoch, cname })),
+        other => bail!("incomplete answer from {server}: {other:?}; TXT response {txt:?}"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if start.elapsed() > deadline {
+            bail!("{what}: not true within {deadline:?} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
