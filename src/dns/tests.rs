@@ -1,0 +1,1 @@
+//! Wire tests for the DNS server.
