@@ -218,7 +218,9 @@ impl ZoneView {
 
         // Every ancestor of an existing name exists too (RFC 8020): it must
         // answer NODATA, never NXDOMAIN, or resolvers that cut NXDOMAIN trees
-        // would lose the names below it.
+        // would lose the names below it. Today every ancestor already exists
+        // (the parent of _highlander.<service> is the service); this keeps
+        // that true for any deeper name added later.
         let owners: Vec<Name> = names.keys().map(Name::from).collect();
         for owner in owners {
             let mut parent = owner.base_name();
