@@ -35,7 +35,8 @@ use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::rr::rdata::{CNAME, NS};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -226,7 +227,9 @@ impl RequestHandler for Authority {
         // hickory truncates against our advertised size, not the client's,
         // and leaves garbage behind when it does (notes §2, bugs A and B):
         // encode once here, and if the answer does not fit what this client
-        // can take, send TC with no records so it retries over TCP.
+        // can take, send TC with no records so it retries over TCP. Most
+        // answers are a few records whose size bound already fits, so only
+        // big ones pay for the extra encoding.
         if request.protocol() == Protocol::Udp {
             let limit = match &request.edns {
                 Some(theirs) => theirs
@@ -234,26 +237,15 @@ impl RequestHandler for Authority {
                     .clamp(PLAIN_UDP_PAYLOAD, MAX_UDP_PAYLOAD),
                 None => PLAIN_UDP_PAYLOAD,
             };
-            let mut wire = Vec::with_capacity(usize::from(limit));
-            let encoded = builder()
-                .build(
-                    metadata,
-                    reply.answers,
-                    reply.authorities,
-                    [],
-                    reply.additionals,
-                )
-                .destructive_emit(&mut BinEncoder::new(&mut wire));
-            let too_big = match encoded {
-                Ok(_) => wire.len() > usize::from(limit),
-                // Nothing we hold is too big to encode; if it ever is,
-                // TC sends the client to TCP instead of failing here.
-                Err(error) => {
-                    debug!(%error, "encoding the UDP response failed; sending TC");
-                    true
-                }
-            };
-            if too_big {
+            let bound = HEADER_LEN
+                + request.queries.as_bytes().len()
+                + edns.as_ref().map_or(0, |_| OPT_LEN)
+                + [reply.answers, reply.authorities, reply.additionals]
+                    .into_iter()
+                    .flatten()
+                    .map(wire_bound)
+                    .sum::<usize>();
+            if bound > usize::from(limit) && too_big_for_udp(&builder, metadata, &reply, limit) {
                 metadata.truncation = true;
                 return send(&mut response_handle, builder().build_no_records(metadata)).await;
             }
@@ -267,6 +259,58 @@ impl RequestHandler for Authority {
         );
         send(&mut response_handle, response).await
     }
+}
+
+/// Whether `reply` encodes to more than `limit` bytes.
+fn too_big_for_udp<'q>(
+    builder: &impl Fn() -> MessageResponseBuilder<'q>,
+    metadata: Metadata,
+    reply: &Reply<'_>,
+    limit: u16,
+) -> bool {
+    let mut wire = Vec::with_capacity(usize::from(limit));
+    let encoded = builder()
+        .build(
+            metadata,
+            reply.answers,
+            reply.authorities,
+            [],
+            reply.additionals,
+        )
+        .destructive_emit(&mut BinEncoder::new(&mut wire));
+    match encoded {
+        Ok(_) => wire.len() > usize::from(limit),
+        // Nothing we hold is too big to encode; if it ever is,
+        // TC sends the client to TCP instead of failing here.
+        Err(error) => {
+            debug!(%error, "encoding the UDP response failed; sending TC");
+            true
+        }
+    }
+}
+
+/// The DNS header: ID, flags and four counts.
+const HEADER_LEN: usize = 12;
+
+/// Our OPT record: root owner, type, class, TTL, RDLENGTH 0 (we echo no options).
+const OPT_LEN: usize = 11;
+
+/// An upper bound on the wire size of `record` without name compression.
+/// Types we never serve count as too big, so they always get encoded.
+fn wire_bound(record: &Record) -> usize {
+    // Name::len counts one byte per label plus the label bytes; the wire form
+    // adds the root label.
+    let name = |name: &Name| name.len() + 1;
+    let rdata = match &record.data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::CNAME(CNAME(target)) | RData::NS(NS(target)) => name(target),
+        RData::SOA(soa) => name(&soa.mname) + name(&soa.rname) + 20,
+        RData::TXT(txt) => txt.txt_data.iter().map(|s| s.len() + 1).sum(),
+        _ => usize::from(u16::MAX),
+    };
+    // TYPE, CLASS, TTL and RDLENGTH take 10 bytes.
+    name(&record.name) + 10 + rdata
 }
 
 /// Sends `response`; a failure is this request's alone, so it is logged and

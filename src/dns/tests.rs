@@ -722,6 +722,69 @@ async fn a_new_view_is_answered_from_the_next_query() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn answers_between_512_and_1232_bytes_follow_the_client_payload() {
+    // Regression for hickory truncating at our advertised 1232 instead of the
+    // client's 512 (notes §2, bug A): 12 IPv6 nameservers make NS + glue
+    // land between the two limits.
+    let (config, _dir) = many_node_config(12);
+    let server = Harness::start(ZoneView::build(&config, &decided(), true)).await;
+    let whole = server.tcp(&query("svc.example.", RecordType::NS)).await;
+    let size = whole.to_vec().expect("encode").len();
+    assert!((513..=1232).contains(&size), "NS + glue is {size} bytes");
+
+    for (payload, truncated) in [(None, true), (Some(512), true), (Some(1232), false)] {
+        let message = match payload {
+            None => query("svc.example.", RecordType::NS),
+            Some(payload) => query_edns("svc.example.", RecordType::NS, payload, false),
+        };
+        let sent = message.to_vec().expect("encode");
+        let raw = server.udp_raw(&sent).await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_eq!(reply.metadata.truncation, truncated, "bufsize {payload:?}");
+        if truncated {
+            // Header, question and OPT as the query had them: nothing else
+            // (notes §2, bug B: no trailing garbage).
+            assert_eq!(raw.len(), sent.len(), "bufsize {payload:?}");
+        } else {
+            assert_eq!(reply.answers.len(), 12);
+            assert_eq!(reply.additionals.len(), 12);
+        }
+    }
+    server.stop().await;
+}
+
+#[test]
+fn wire_bound_is_never_below_the_encoded_size() {
+    use hickory_server::proto::serialize::binary::BinEncodable;
+    let (config, _dir) = many_node_config(3);
+    let view = ZoneView::build(&config, &decided(), true);
+    let mut checked = 0;
+    for (qname, qtype) in [
+        ("svc.example.", RecordType::SOA),
+        ("svc.example.", RecordType::NS),
+        ("web.svc.example.", RecordType::CNAME),
+        ("db.svc.example.", RecordType::A),
+        ("v6.svc.example.", RecordType::AAAA),
+        ("_highlander.db.svc.example.", RecordType::TXT),
+    ] {
+        let lookup = view.lookup(&name(qname).into(), qtype);
+        let super::Lookup::Answer {
+            answers,
+            additionals,
+        } = lookup
+        else {
+            panic!("no answer for {qname} {qtype}: {lookup:?}");
+        };
+        for record in answers.iter().chain(additionals) {
+            let encoded = record.to_bytes().expect("encode").len();
+            assert!(super::wire_bound(record) >= encoded, "{record:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1 + 3 + 3 + 1 + 1 + 1 + 1);
+}
+
 #[test]
 fn serial_wraps_with_the_applied_index() {
     let (config, _dir) = small_config();
