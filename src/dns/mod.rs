@@ -11,7 +11,8 @@
 //! decision: AA, EDNS echo and BADVERS, negative SOA, ANY, opcodes, classes
 //! and UDP truncation (hickory's own truncation sizes are wrong, see
 //! `notes/hickory-server-0.26.md`). It never recurses, never chases CNAMEs
-//! out of the zone and never installs a log subscriber.
+//! out of the zone and never installs a log subscriber: hickory logs two INFO
+//! lines per request under `hickory_server::server`, which the binary filters.
 //!
 //! Choices where the RFCs leave room:
 //! - ANY is answered minimally (RFC 8482): the SOA at the apex, the single

@@ -794,3 +794,26 @@ fn serial_wraps_with_the_applied_index() {
     };
     assert_eq!(soa.serial, 2);
 }
+
+#[test]
+fn state_the_config_no_longer_matches_is_not_answered() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(
+        &config,
+        &applied(3, &[("db", "db-removed", 2), ("gone", "x", 1)]),
+        true,
+    );
+    // An active instance the config no longer lists has no target to give.
+    for qname in ["db.svc.example.", "_highlander.db.svc.example."] {
+        assert_eq!(
+            view.lookup(&name(qname).into(), RecordType::A),
+            super::Lookup::ServFail,
+            "{qname}"
+        );
+    }
+    // A service only the state knows is not in the zone.
+    assert_eq!(
+        view.lookup(&name("gone.svc.example.").into(), RecordType::A),
+        super::Lookup::NxDomain
+    );
+}

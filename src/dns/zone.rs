@@ -188,30 +188,30 @@ impl ZoneView {
                 .and_then(|s| Some((s.active.as_deref()?, s.epoch)))
                 // An instance the config no longer lists has no target to answer.
                 .and_then(|(instance, epoch)| Some((service.instance(instance)?, epoch)));
-            let (target, txt) = match active {
-                Some((instance, epoch)) if answering => {
-                    let rdata = match &instance.target {
-                        Target::Cname(cname) => match Name::from_ascii(cname) {
-                            Ok(target) => RData::CNAME(CNAME(target)),
-                            Err(error) => {
-                                warn!(%error, service = %service.name, instance = %instance.name, "CNAME target is not a valid name");
-                                continue;
-                            }
-                        },
-                        Target::A(ip) => RData::A(A(*ip)),
-                        Target::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
-                    };
-                    let txt = TXT::new(vec![
-                        format!("instance={}", instance.name),
-                        format!("epoch={epoch}"),
-                    ]);
-                    (
-                        Node::Records(vec![Record::from_rdata(name.clone(), ttl, rdata)]),
-                        Node::Records(vec![Record::from_rdata(meta.clone(), ttl, RData::TXT(txt))]),
-                    )
-                }
-                _ => (Node::Unavailable, Node::Unavailable),
-            };
+            let answer = active.filter(|_| answering).and_then(|(instance, epoch)| {
+                let rdata = match &instance.target {
+                    Target::Cname(cname) => match Name::from_ascii(cname) {
+                        Ok(target) => RData::CNAME(CNAME(target)),
+                        Err(error) => {
+                            // Config validation makes this unreachable;
+                            // SERVFAIL is the honest answer if it is not.
+                            warn!(%error, service = %service.name, instance = %instance.name, "CNAME target is not a valid name");
+                            return None;
+                        }
+                    },
+                    Target::A(ip) => RData::A(A(*ip)),
+                    Target::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+                };
+                let txt = TXT::new(vec![
+                    format!("instance={}", instance.name),
+                    format!("epoch={epoch}"),
+                ]);
+                Some((
+                    Node::Records(vec![Record::from_rdata(name.clone(), ttl, rdata)]),
+                    Node::Records(vec![Record::from_rdata(meta.clone(), ttl, RData::TXT(txt))]),
+                ))
+            });
+            let (target, txt) = answer.unwrap_or((Node::Unavailable, Node::Unavailable));
             names.insert(lower, target);
             names.insert(LowerName::new(&meta), txt);
         }
