@@ -1,0 +1,819 @@
+//! Wire tests for the DNS server: a real `serve` on 127.0.0.1:0, queried with
+//! raw hickory `Message`s over UDP and TCP so every header bit can be checked.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{DnsError, ZoneView, serve};
+use crate::config::Config;
+use crate::model::{AppliedState, Epoch, ServiceState};
+
+/// Every wait in these tests is bounded by this, so a broken server fails
+/// the test instead of hanging it.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+const TTL: u32 = 5;
+
+/// The config every test uses unless it needs many nodes: three nodes (an
+/// IPv4, an IPv6 and an unspecified DNS address) and four services.
+fn small_config() -> (Config, tempfile::TempDir) {
+    let nodes = r#"
+[[cluster.nodes]]
+id = 1
+rpc = "127.0.0.1:7101"
+dns = "192.0.2.1:53"
+api = "127.0.0.1:8101"
+
+[[cluster.nodes]]
+id = 2
+rpc = "127.0.0.1:7102"
+dns = "[2001:db8::2]:53"
+api = "127.0.0.1:8102"
+
+[[cluster.nodes]]
+id = 3
+rpc = "127.0.0.1:7103"
+dns = "0.0.0.0:5301"
+api = "127.0.0.1:8103"
+"#;
+    config_with_nodes(nodes)
+}
+
+/// A config with `n` nodes, each with an IPv6 DNS address so NS + glue is big.
+fn many_node_config(n: u64) -> (Config, tempfile::TempDir) {
+    let mut nodes = String::new();
+    for id in 1..=n {
+        nodes.push_str(&format!(
+            "[[cluster.nodes]]\nid = {id}\nrpc = \"127.0.0.1:{}\"\ndns = \"[2001:db8::{id:x}]:53\"\napi = \"127.0.0.1:{}\"\n\n",
+            7100 + id,
+            8100 + id
+        ));
+    }
+    config_with_nodes(&nodes)
+}
+
+fn config_with_nodes(nodes: &str) -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("cluster.secret"), "0123456789abcdef0123").expect("secret");
+    let text = format!(
+        r#"
+[cluster]
+secret_file = "cluster.secret"
+{nodes}
+[dns]
+zone = "Svc.Example."
+ttl = "{TTL}s"
+
+[[services]]
+name = "web"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "web1"
+address = "10.0.0.1:80"
+cname = "web1.internal.example."
+
+[[services]]
+name = "db"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "db1"
+address = "10.0.0.11:5432"
+a = "10.0.0.11"
+[[services.instances]]
+name = "db2"
+address = "10.0.0.12:5432"
+a = "10.0.0.12"
+
+[[services]]
+name = "v6"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "v6a"
+address = "[2001:db8::11]:80"
+aaaa = "2001:db8::11"
+
+[[services]]
+name = "idle"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "idle1"
+address = "10.0.0.21:80"
+a = "10.0.0.21"
+"#
+    );
+    let config = Config::parse(&dir.path().join("highlander.toml"), &text).expect("valid config");
+    (config, dir)
+}
+
+/// Applied state at log index `index` with the given (service, instance, epoch).
+fn applied(index: u64, active: &[(&str, &str, u64)]) -> AppliedState {
+    let mut state = AppliedState {
+        index,
+        ..AppliedState::default()
+    };
+    for (service, instance, epoch) in active {
+        state.state.services.insert(
+            (*service).to_owned(),
+            ServiceState {
+                active: Some((*instance).to_owned()),
+                epoch: Epoch(*epoch),
+                ..ServiceState::default()
+            },
+        );
+    }
+    state
+}
+
+fn decided() -> AppliedState {
+    applied(7, &[("web", "web1", 1), ("db", "db1", 3), ("v6", "v6a", 1)])
+}
+
+/// A running server and the handles to drive it.
+struct Harness {
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    zone: watch::Sender<Arc<ZoneView>>,
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), DnsError>>,
+}
+
+impl Harness {
+    async fn start(view: ZoneView) -> Harness {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
+        let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+        let (udp_addr, tcp_addr) = (
+            udp.local_addr().expect("udp addr"),
+            tcp.local_addr().expect("tcp addr"),
+        );
+        let (zone, rx) = watch::channel(Arc::new(view));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve(udp, tcp, rx, cancel.clone()));
+        Harness {
+            udp: udp_addr,
+            tcp: tcp_addr,
+            zone,
+            cancel,
+            task,
+        }
+    }
+
+    async fn standard() -> Harness {
+        let (config, _dir) = small_config();
+        Harness::start(ZoneView::build(&config, &decided(), true)).await
+    }
+
+    /// Sends raw bytes over UDP and returns the raw reply.
+    async fn udp_raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+        socket.send_to(bytes, self.udp).await.expect("send");
+        let mut buf = vec![0; 65535];
+        let (len, _) = tokio::time::timeout(DEADLINE, socket.recv_from(&mut buf))
+            .await
+            .expect("a UDP reply before the deadline")
+            .expect("recv");
+        buf.truncate(len);
+        buf
+    }
+
+    async fn udp(&self, query: &Message) -> Message {
+        let raw = self.udp_raw(&query.to_vec().expect("encode")).await;
+        Message::from_vec(&raw).expect("decodable reply")
+    }
+
+    async fn tcp(&self, query: &Message) -> Message {
+        let mut stream = TcpStream::connect(self.tcp).await.expect("connect");
+        let raw = tcp_exchange(&mut stream, &query.to_vec().expect("encode")).await;
+        Message::from_vec(&raw).expect("decodable reply")
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        let result = tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("serve returns after cancel")
+            .expect("serve did not panic");
+        assert!(result.is_ok(), "serve failed: {result:?}");
+    }
+}
+
+async fn tcp_exchange(stream: &mut TcpStream, message: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(message.len()).expect("short message");
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await.expect("write");
+    tokio::time::timeout(DEADLINE, async {
+        let mut len = [0; 2];
+        stream.read_exact(&mut len).await.expect("read length");
+        let mut body = vec![0; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut body).await.expect("read body");
+        body
+    })
+    .await
+    .expect("a TCP reply before the deadline")
+}
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(text).expect("valid name")
+}
+
+/// A query without EDNS, RD set like a stub would.
+fn query(qname: &str, qtype: RecordType) -> Message {
+    let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(name(qname), qtype));
+    message
+}
+
+fn query_edns(qname: &str, qtype: RecordType, payload: u16, dnssec_ok: bool) -> Message {
+    let mut message = query(qname, qtype);
+    let mut edns = Edns::new();
+    edns.set_max_payload(payload);
+    edns.set_dnssec_ok(dnssec_ok);
+    message.set_edns(edns);
+    message
+}
+
+/// Asserts the flags every answer from us carries.
+fn assert_header(reply: &Message, code: ResponseCode, authoritative: bool) {
+    assert_eq!(reply.metadata.id, 0x1234, "ID copied");
+    assert_eq!(reply.metadata.message_type, MessageType::Response);
+    assert_eq!(reply.metadata.response_code, code, "rcode of {reply:?}");
+    assert_eq!(
+        reply.metadata.authoritative, authoritative,
+        "AA of {reply:?}"
+    );
+    assert!(!reply.metadata.recursion_available, "RA is always clear");
+    assert!(!reply.metadata.truncation, "not truncated: {reply:?}");
+}
+
+/// Asserts NOERROR/NXDOMAIN with no answer and the negative SOA in AUTHORITY.
+fn assert_negative(reply: &Message, code: ResponseCode) {
+    assert_header(reply, code, true);
+    assert!(reply.answers.is_empty(), "no answers: {reply:?}");
+    assert_eq!(reply.authorities.len(), 1, "one SOA: {reply:?}");
+    let soa = &reply.authorities[0];
+    assert_eq!(soa.record_type(), RecordType::SOA);
+    assert_eq!(soa.name, name("svc.example."));
+    assert_eq!(soa.ttl, TTL, "negative TTL = min(TTL, MINIMUM)");
+}
+
+fn only_answer(reply: &Message) -> &Record {
+    assert_eq!(reply.answers.len(), 1, "one answer: {reply:?}");
+    &reply.answers[0]
+}
+
+#[tokio::test]
+async fn cname_service_answers_its_cname_for_every_type() {
+    let server = Harness::standard().await;
+    for qtype in [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::CNAME,
+        RecordType::TXT,
+        RecordType::ANY,
+    ] {
+        let reply = server.udp(&query("web.svc.example.", qtype)).await;
+        assert_header(&reply, ResponseCode::NoError, true);
+        assert!(reply.metadata.recursion_desired, "RD copied");
+        let answer = only_answer(&reply);
+        assert_eq!(answer.name, name("web.svc.example."));
+        assert_eq!(answer.ttl, TTL);
+        assert_eq!(
+            answer.data,
+            RData::CNAME(CNAME(name("web1.internal.example."))),
+            "qtype {qtype}"
+        );
+        // The out-of-zone target is not chased.
+        assert!(reply.additionals.is_empty() && reply.authorities.is_empty());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_service_answers_a_and_any_and_nodata_otherwise() {
+    let server = Harness::standard().await;
+    for qtype in [RecordType::A, RecordType::ANY] {
+        let reply = server.udp(&query("db.svc.example.", qtype)).await;
+        assert_header(&reply, ResponseCode::NoError, true);
+        assert_eq!(only_answer(&reply).data, RData::A(A([10, 0, 0, 11].into())));
+    }
+    for qtype in [RecordType::AAAA, RecordType::TXT, RecordType::MX] {
+        let reply = server.udp(&query("db.svc.example.", qtype)).await;
+        assert_negative(&reply, ResponseCode::NoError);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn aaaa_service_answers_aaaa_and_nodata_for_a() {
+    let server = Harness::standard().await;
+    for qtype in [RecordType::AAAA, RecordType::ANY] {
+        let reply = server.udp(&query("v6.svc.example.", qtype)).await;
+        assert_header(&reply, ResponseCode::NoError, true);
+        let expected: std::net::Ipv6Addr = "2001:db8::11".parse().expect("ip");
+        assert_eq!(only_answer(&reply).data, RData::AAAA(AAAA(expected)));
+    }
+    let reply = server.udp(&query("v6.svc.example.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn highlander_txt_names_instance_and_epoch() {
+    let server = Harness::standard().await;
+    let reply = server
+        .udp(&query("_highlander.db.svc.example.", RecordType::TXT))
+        .await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    let RData::TXT(txt) = &only_answer(&reply).data else {
+        panic!("not a TXT: {reply:?}");
+    };
+    let strings: Vec<&[u8]> = txt.txt_data.iter().map(|s| &s[..]).collect();
+    assert_eq!(strings, [&b"instance=db1"[..], &b"epoch=3"[..]]);
+
+    let reply = server
+        .udp(&query("_highlander.db.svc.example.", RecordType::A))
+        .await;
+    assert_negative(&reply, ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn apex_answers_soa_and_ns_with_glue() {
+    let server = Harness::standard().await;
+    let reply = server.udp(&query("svc.example.", RecordType::SOA)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    let RData::SOA(soa) = &only_answer(&reply).data else {
+        panic!("not a SOA: {reply:?}");
+    };
+    assert_eq!(&soa.mname, &name("ns1.svc.example."));
+    assert_eq!(&soa.rname, &name("hostmaster.svc.example."));
+    assert_eq!(soa.serial, 7, "serial = applied index");
+    assert_eq!(soa.minimum, TTL);
+    assert_eq!(only_answer(&reply).ttl, TTL);
+
+    let reply = server.udp(&query("svc.example.", RecordType::NS)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    let ns: Vec<&RData> = reply.answers.iter().map(|r| &r.data).collect();
+    assert_eq!(
+        ns,
+        [1, 2, 3]
+            .map(|id| RData::NS(NS(name(&format!("ns{id}.svc.example.")))))
+            .iter()
+            .collect::<Vec<_>>()
+    );
+    let glue: Vec<(Name, RData)> = reply
+        .additionals
+        .iter()
+        .map(|r| (r.name.clone(), r.data.clone()))
+        .collect();
+    let v6: std::net::Ipv6Addr = "2001:db8::2".parse().expect("ip");
+    assert_eq!(
+        glue,
+        [
+            (name("ns1.svc.example."), RData::A(A([192, 0, 2, 1].into()))),
+            (name("ns2.svc.example."), RData::AAAA(AAAA(v6))),
+        ],
+        "no glue for node 3's unspecified address"
+    );
+
+    // RFC 8482: ANY at the apex is answered with the SOA alone.
+    let reply = server.udp(&query("svc.example.", RecordType::ANY)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    assert_eq!(only_answer(&reply).record_type(), RecordType::SOA);
+
+    let reply = server.udp(&query("svc.example.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn nameserver_names_answer_their_address() {
+    let server = Harness::standard().await;
+    let reply = server.udp(&query("ns1.svc.example.", RecordType::A)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    assert_eq!(only_answer(&reply).data, RData::A(A([192, 0, 2, 1].into())));
+    let reply = server
+        .udp(&query("ns1.svc.example.", RecordType::AAAA))
+        .await;
+    assert_negative(&reply, ResponseCode::NoError);
+    let reply = server
+        .udp(&query("ns2.svc.example.", RecordType::AAAA))
+        .await;
+    assert_eq!(only_answer(&reply).record_type(), RecordType::AAAA);
+    // Node 3 listens on 0.0.0.0: the name exists but has no address to give.
+    let reply = server.udp(&query("ns3.svc.example.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_names_are_nxdomain_and_existing_names_nodata() {
+    let server = Harness::standard().await;
+    for qname in [
+        "nope.svc.example.",
+        "www.web.svc.example.",
+        "ns9.svc.example.",
+        "_highlander.nope.svc.example.",
+    ] {
+        let reply = server.udp(&query(qname, RecordType::A)).await;
+        assert_negative(&reply, ResponseCode::NXDomain);
+    }
+    // The only names below a service are _highlander.<service>.<zone>, whose
+    // parent is the service itself: it exists (RFC 8020), so other types
+    // there are NODATA. _highlander.<zone> is no ancestor of anything.
+    let reply = server.udp(&query("db.svc.example.", RecordType::TXT)).await;
+    assert_negative(&reply, ResponseCode::NoError);
+    let reply = server
+        .udp(&query("_highlander.svc.example.", RecordType::TXT))
+        .await;
+    assert_negative(&reply, ResponseCode::NXDomain);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn names_outside_the_zone_and_other_classes_are_refused() {
+    let server = Harness::standard().await;
+    for qname in ["example.", "example.com.", ".", "xsvc.example."] {
+        let reply = server.udp(&query(qname, RecordType::A)).await;
+        assert_header(&reply, ResponseCode::Refused, false);
+        assert!(reply.answers.is_empty() && reply.authorities.is_empty());
+    }
+    let mut chaos = query("version.bind.", RecordType::TXT);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    assert_header(&server.udp(&chaos).await, ResponseCode::Refused, false);
+    let mut chaos = query("db.svc.example.", RecordType::A);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    assert_header(&server.udp(&chaos).await, ResponseCode::Refused, false);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn services_without_a_decision_get_servfail() {
+    let server = Harness::standard().await;
+    for qname in ["idle.svc.example.", "_highlander.idle.svc.example."] {
+        for qtype in [RecordType::A, RecordType::TXT] {
+            let reply = server.udp(&query(qname, qtype)).await;
+            assert_header(&reply, ResponseCode::ServFail, false);
+            assert!(reply.answers.is_empty() && reply.authorities.is_empty());
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_outside_the_majority_fails_service_names_but_answers_the_apex() {
+    let (config, _dir) = small_config();
+    let server = Harness::start(ZoneView::build(&config, &decided(), false)).await;
+    for (qname, qtype) in [
+        ("db.svc.example.", RecordType::A),
+        ("web.svc.example.", RecordType::CNAME),
+        ("_highlander.db.svc.example.", RecordType::TXT),
+    ] {
+        let reply = server.udp(&query(qname, qtype)).await;
+        assert_header(&reply, ResponseCode::ServFail, false);
+    }
+    let reply = server.udp(&query("svc.example.", RecordType::SOA)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    let reply = server.udp(&query("svc.example.", RecordType::NS)).await;
+    assert_eq!(reply.answers.len(), 3);
+    let reply = server.udp(&query("nope.svc.example.", RecordType::A)).await;
+    assert_negative(&reply, ResponseCode::NXDomain);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn questions_match_case_insensitively_and_keep_their_case() {
+    let server = Harness::standard().await;
+    let reply = server.udp(&query("dB.SvC.eXaMpLe.", RecordType::A)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    assert!(
+        reply.queries[0].name().eq_case(&name("dB.SvC.eXaMpLe.")),
+        "question echoed as sent (0x20)"
+    );
+    assert!(
+        only_answer(&reply).name.eq_case(&name("db.svc.example.")),
+        "answers are lowercase"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn edns_is_echoed_with_our_payload_and_the_do_bit() {
+    let server = Harness::standard().await;
+    for dnssec_ok in [false, true] {
+        let reply = server
+            .udp(&query_edns(
+                "db.svc.example.",
+                RecordType::A,
+                4096,
+                dnssec_ok,
+            ))
+            .await;
+        assert_header(&reply, ResponseCode::NoError, true);
+        let edns = reply.edns.as_ref().expect("OPT echoed");
+        assert_eq!(edns.max_payload(), 1232);
+        assert_eq!(edns.version(), 0);
+        assert_eq!(edns.flags().dnssec_ok, dnssec_ok);
+    }
+    let reply = server.udp(&query("db.svc.example.", RecordType::A)).await;
+    assert!(reply.edns.is_none(), "no OPT to a client that sent none");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_edns_version_gets_badvers() {
+    let server = Harness::standard().await;
+    let mut message = query_edns("db.svc.example.", RecordType::A, 1232, false);
+    if let Some(edns) = message.edns.as_mut() {
+        edns.set_version(1);
+    }
+    let reply = server.udp(&message).await;
+    // BADVERS and BADSIG share code 16; hickory decodes it as BADSIG.
+    assert_eq!(u16::from(reply.metadata.response_code), 16, "{reply:?}");
+    assert!(!reply.metadata.authoritative);
+    assert!(reply.answers.is_empty());
+    let edns = reply.edns.as_ref().expect("BADVERS travels in the OPT");
+    assert_eq!(edns.version(), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn other_opcodes_are_notimp_and_bad_question_counts_formerr() {
+    let server = Harness::standard().await;
+    for op in [OpCode::Notify, OpCode::Status, OpCode::Update] {
+        let mut message = query("db.svc.example.", RecordType::SOA);
+        message.metadata.op_code = op;
+        let reply = server.udp(&message).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NotImp, "{op}");
+        assert_eq!(reply.metadata.op_code, op);
+    }
+
+    let mut none = query("db.svc.example.", RecordType::A);
+    none.queries.clear();
+    assert_header(&server.udp(&none).await, ResponseCode::FormErr, false);
+
+    let mut two = query("db.svc.example.", RecordType::A);
+    two.add_query(Query::query(name("web.svc.example."), RecordType::A));
+    assert_header(&server.udp(&two).await, ResponseCode::FormErr, false);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn meta_query_types_are_not_answered_as_data() {
+    let server = Harness::standard().await;
+    for (qtype, code) in [
+        (RecordType::AXFR, ResponseCode::Refused),
+        (RecordType::IXFR, ResponseCode::Refused),
+        (RecordType::Unknown(254), ResponseCode::NotImp),
+        (RecordType::ZERO, ResponseCode::FormErr),
+    ] {
+        let reply = server.udp(&query("svc.example.", qtype)).await;
+        assert_header(&reply, code, false);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_udp_answers_are_truncated_and_tcp_gets_them_whole() {
+    let (config, _dir) = many_node_config(30);
+    let server = Harness::start(ZoneView::build(&config, &decided(), true)).await;
+
+    // No EDNS: the limit is 512 bytes; TC with the question and nothing else.
+    let raw = server
+        .udp_raw(
+            &query("svc.example.", RecordType::NS)
+                .to_vec()
+                .expect("encode"),
+        )
+        .await;
+    assert!(raw.len() <= 512, "{} bytes", raw.len());
+    let reply = Message::from_vec(&raw).expect("decodable");
+    assert!(reply.metadata.truncation, "TC set");
+    assert!(reply.metadata.authoritative);
+    assert_eq!(reply.queries.len(), 1);
+    assert!(reply.answers.is_empty() && reply.authorities.is_empty());
+    assert!(reply.additionals.is_empty() && reply.edns.is_none());
+
+    // A client offering more than we advertise is still held to 1232.
+    for payload in [512, 1232, 4096] {
+        let raw = server
+            .udp_raw(
+                &query_edns("svc.example.", RecordType::NS, payload, false)
+                    .to_vec()
+                    .expect("encode"),
+            )
+            .await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert!(reply.metadata.truncation, "TC at bufsize {payload}");
+        assert!(reply.answers.is_empty() && reply.additionals.is_empty());
+        assert_eq!(reply.edns.map(|e| e.max_payload()), Some(1232));
+    }
+
+    // Small answers from the same zone still fit.
+    let reply = server.udp(&query("svc.example.", RecordType::SOA)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+
+    let reply = server.tcp(&query("svc.example.", RecordType::NS)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    assert_eq!(reply.answers.len(), 30);
+    assert_eq!(reply.additionals.len(), 30);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_answers_several_queries_on_one_connection() {
+    let server = Harness::standard().await;
+    let mut stream = TcpStream::connect(server.tcp).await.expect("connect");
+    for (qname, qtype) in [
+        ("db.svc.example.", RecordType::A),
+        ("web.svc.example.", RecordType::A),
+        ("nope.svc.example.", RecordType::A),
+    ] {
+        let raw = tcp_exchange(&mut stream, &query(qname, qtype).to_vec().expect("encode")).await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_eq!(reply.queries[0].name(), &name(qname));
+        assert!(reply.metadata.authoritative);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_does_not_stop_the_server() {
+    let server = Harness::standard().await;
+    let good = query("db.svc.example.", RecordType::A)
+        .to_vec()
+        .expect("encode");
+    let mut qr_set = good.clone();
+    qr_set[2] |= 0x80;
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 5],
+        vec![0xab; 300],
+        // A question whose name is a compression pointer to itself.
+        vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1],
+        // A question cut short.
+        good[..good.len() - 3].to_vec(),
+        // A response, which must never be answered (reflection).
+        qr_set,
+    ];
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for packet in &garbage {
+        socket.send_to(packet, server.udp).await.expect("send");
+    }
+    // Replies (FORMERR or nothing) don't matter; the next good query does.
+    let reply = server.udp(&query("db.svc.example.", RecordType::A)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+
+    // A garbage TCP frame, then a good query on a fresh connection.
+    let mut stream = TcpStream::connect(server.tcp).await.expect("connect");
+    let mut frame = vec![0, 40];
+    frame.extend_from_slice(&[0x5a; 40]);
+    stream.write_all(&frame).await.expect("write");
+    drop(stream);
+    let reply = server.tcp(&query("db.svc.example.", RecordType::A)).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_view_is_answered_from_the_next_query() {
+    let (config, _dir) = small_config();
+    let server = Harness::start(ZoneView::build(&config, &applied(1, &[]), true)).await;
+    let reply = server.udp(&query("db.svc.example.", RecordType::A)).await;
+    assert_header(&reply, ResponseCode::ServFail, false);
+
+    server
+        .zone
+        .send(Arc::new(ZoneView::build(
+            &config,
+            &applied(9, &[("db", "db2", 4)]),
+            true,
+        )))
+        .expect("server holds the receiver");
+    let reply = server.udp(&query("db.svc.example.", RecordType::A)).await;
+    assert_eq!(only_answer(&reply).data, RData::A(A([10, 0, 0, 12].into())));
+    let reply = server
+        .udp(&query("_highlander.db.svc.example.", RecordType::TXT))
+        .await;
+    let RData::TXT(txt) = &only_answer(&reply).data else {
+        panic!("not a TXT: {reply:?}");
+    };
+    assert_eq!(&txt.txt_data[1][..], b"epoch=4");
+    let reply = server.udp(&query("svc.example.", RecordType::SOA)).await;
+    let RData::SOA(soa) = &only_answer(&reply).data else {
+        panic!("not a SOA: {reply:?}");
+    };
+    assert_eq!(soa.serial, 9);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn answers_between_512_and_1232_bytes_follow_the_client_payload() {
+    // Regression for hickory truncating at our advertised 1232 instead of the
+    // client's 512 (notes §2, bug A): 12 IPv6 nameservers make NS + glue
+    // land between the two limits.
+    let (config, _dir) = many_node_config(12);
+    let server = Harness::start(ZoneView::build(&config, &decided(), true)).await;
+    let whole = server.tcp(&query("svc.example.", RecordType::NS)).await;
+    let size = whole.to_vec().expect("encode").len();
+    assert!((513..=1232).contains(&size), "NS + glue is {size} bytes");
+
+    for (payload, truncated) in [(None, true), (Some(512), true), (Some(1232), false)] {
+        let message = match payload {
+            None => query("svc.example.", RecordType::NS),
+            Some(payload) => query_edns("svc.example.", RecordType::NS, payload, false),
+        };
+        let sent = message.to_vec().expect("encode");
+        let raw = server.udp_raw(&sent).await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_eq!(reply.metadata.truncation, truncated, "bufsize {payload:?}");
+        if truncated {
+            // Header, question and OPT as the query had them: nothing else
+            // (notes §2, bug B: no trailing garbage).
+            assert_eq!(raw.len(), sent.len(), "bufsize {payload:?}");
+        } else {
+            assert_eq!(reply.answers.len(), 12);
+            assert_eq!(reply.additionals.len(), 12);
+        }
+    }
+    server.stop().await;
+}
+
+#[test]
+fn wire_bound_is_never_below_the_encoded_size() {
+    use hickory_server::proto::serialize::binary::BinEncodable;
+    let (config, _dir) = many_node_config(3);
+    let view = ZoneView::build(&config, &decided(), true);
+    let mut checked = 0;
+    for (qname, qtype) in [
+        ("svc.example.", RecordType::SOA),
+        ("svc.example.", RecordType::NS),
+        ("web.svc.example.", RecordType::CNAME),
+        ("db.svc.example.", RecordType::A),
+        ("v6.svc.example.", RecordType::AAAA),
+        ("_highlander.db.svc.example.", RecordType::TXT),
+    ] {
+        let lookup = view.lookup(&name(qname).into(), qtype);
+        let super::Lookup::Answer {
+            answers,
+            additionals,
+        } = lookup
+        else {
+            panic!("no answer for {qname} {qtype}: {lookup:?}");
+        };
+        for record in answers.iter().chain(additionals) {
+            let encoded = record.to_bytes().expect("encode").len();
+            assert!(super::wire_bound(record) >= encoded, "{record:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 1 + 3 + 3 + 1 + 1 + 1 + 1);
+}
+
+#[test]
+fn serial_wraps_with_the_applied_index() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(&config, &applied(u64::from(u32::MAX) + 3, &[]), true);
+    let RData::SOA(soa) = &view.negative_soa().data else {
+        panic!("not a SOA");
+    };
+    assert_eq!(soa.serial, 2);
+}
+
+#[test]
+fn state_the_config_no_longer_matches_is_not_answered() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(
+        &config,
+        &applied(3, &[("db", "db-removed", 2), ("gone", "x", 1)]),
+        true,
+    );
+    // An active instance the config no longer lists has no target to give.
+    for qname in ["db.svc.example.", "_highlander.db.svc.example."] {
+        assert_eq!(
+            view.lookup(&name(qname).into(), RecordType::A),
+            super::Lookup::ServFail,
+            "{qname}"
+        );
+    }
+    // A service only the state knows is not in the zone.
+    assert_eq!(
+        view.lookup(&name("gone.svc.example.").into(), RecordType::A),
+        super::Lookup::NxDomain
+    );
+}
