@@ -137,8 +137,11 @@ fn random_below(rng: &mut StdRng, bound: Duration) -> Duration {
 /// The probe loop of one instance.
 struct InstanceTask {
     watched: Watched,
+    /// When the first probe fires: the run's start plus this instance's jitter.
     first: Instant,
+    /// Where verdicts are published; the task updates only its own entry.
     health: watch::Sender<LocalHealth>,
+    /// The checker-wide concurrency bound, held for the length of one probe.
     permits: Arc<Semaphore>,
 }
 
@@ -146,7 +149,10 @@ impl InstanceTask {
     async fn run(self, cancel: CancellationToken) {
         let check = &self.watched.check;
         let mut hysteresis = Hysteresis::new(check.rise, check.fall);
-        let mut ticks = tokio::time::interval_at(self.first, check.interval);
+        // Validation forbids a zero interval, but tokio panics on one, and a
+        // hand-built config must not bring the node down.
+        let period = check.interval.max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval_at(self.first, period);
         // If probes were held up (by the concurrency bound), catch up by
         // skipping, never by probing in a burst.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);

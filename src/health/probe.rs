@@ -108,6 +108,10 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
 
 /// GET `scheme://address/path`: healthy on an accepted status whose body
 /// contains `body_contains` (if set).
+///
+/// `host` overrides the Host header only. With https the TLS name (SNI and
+/// certificate check) is still the host part of `address`, so an instance
+/// probed by IP address needs a certificate valid for that address.
 struct HttpProbe {
     client: reqwest::Client,
     scheme: &'static str,
@@ -190,6 +194,10 @@ impl Probe for TcpProbe {
 
 /// Runs a program (argv, no shell) with placeholders substituted; healthy on
 /// exit 0. Killed at the timeout.
+///
+/// The verdict waits for stdout and stderr to close as well as for the exit,
+/// so a program that leaves a background process holding them open is judged
+/// at the timeout (only the program itself is killed, not its descendants).
 struct ExecProbe {
     service: String,
     command: Vec<String>,

@@ -850,11 +850,22 @@ async fn checker_rises_after_rise_probes_and_falls_after_fall() {
         );
     }
 
+    // Probes that change no verdict update the entry without waking receivers.
+    rx.borrow_and_update();
+    // Half an interval off the schedule, so no probe is due at the wake-up.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(!rx.has_changed().expect("checker running"));
+    assert_eq!(
+        rx.borrow().get("web", "a").map(|s| s.consecutive_successes),
+        Some(5)
+    );
+
     probe.set("a", Act::Fail);
+    let before = probe.starts_of("a").len();
     wait_verdict(&mut rx, "a", Verdict::Down).await;
     assert_eq!(
         probe.starts_of("a").len(),
-        2 + 3,
+        before + 3,
         "down after fall = 3 failures"
     );
     {
