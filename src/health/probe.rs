@@ -195,9 +195,10 @@ impl Probe for TcpProbe {
 /// Runs a program (argv, no shell) with placeholders substituted; healthy on
 /// exit 0. Killed at the timeout.
 ///
-/// The verdict waits for stdout and stderr to close as well as for the exit,
-/// so a program that leaves a background process holding them open is judged
-/// at the timeout (only the program itself is killed, not its descendants).
+/// The program runs in its own process group, which is killed when the probe
+/// ends, so nothing it started outlives it. The verdict waits for stdout and
+/// stderr to close as well as for the exit, so a program that leaves a
+/// background process holding them open is judged at the timeout.
 struct ExecProbe {
     service: String,
     command: Vec<String>,
@@ -214,16 +215,25 @@ impl ExecProbe {
         let Some((program, args)) = argv.split_first() else {
             return Err("empty command".to_owned());
         };
-        let mut child = Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // If the probe is dropped (the checker's own timeout, shutdown),
             // the program must not outlive it.
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // Its own process group, so that what the check starts (a shell's
+        // children) can be killed with it.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {program:?}: {}", describe_io_error(&e)))?;
+        // Declared after `child`, so dropped before it: the group is killed
+        // while the child's pid (the group id) is still reserved.
+        let group = ProcessGroup::of(&child);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let run = async {
@@ -233,6 +243,7 @@ impl ExecProbe {
         let (status, out, err) = match tokio::time::timeout(self.timeout, run).await {
             Ok(done) => done,
             Err(_) => {
+                drop(group);
                 // Reap it now rather than leaving it to kill_on_drop, so the
                 // program is gone when the probe reports.
                 let _ = child.kill().await;
@@ -242,6 +253,9 @@ impl ExecProbe {
                 ));
             }
         };
+        // Whatever the check left running in its group goes now: a check that
+        // runs every second must not accumulate processes.
+        drop(group);
         let status = status.map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
         let mut detail = describe_exit(status);
         if let Some(line) = last_line(&err).or_else(|| last_line(&out)) {
@@ -261,6 +275,43 @@ impl Probe for ExecProbe {
         // The exec check reports its own timeout (with the kill), so the outer
         // bound only catches what cannot happen: a wait that outlives the kill.
         bounded(self.timeout + Duration::from_secs(1), self.check(instance)).boxed()
+    }
+}
+
+/// Kills an exec check's process group when dropped, however the probe ends
+/// (finished, timed out, or the probe future dropped by the checker).
+///
+/// The group id is the child's pid. It is killed before the child is reaped
+/// on the timeout and drop paths, so it cannot name another process's group;
+/// after a normal exit the window between reaping and this kill is a few
+/// instructions, far shorter than the kernel takes to reuse a pid.
+struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        // Never 0 or 1: kill(0) and kill(-1) would signal our own group or
+        // every process we may signal.
+        ProcessGroup(
+            child
+                .id()
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|&pid| pid > 1),
+        )
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: kill(2) takes plain integers and touches no memory of
+            // ours; a negative pid names the process group `pgid`, which the
+            // child leads (process_group(0) at spawn). ESRCH (already empty)
+            // is the common, harmless outcome.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
     }
 }
 

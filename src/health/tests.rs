@@ -665,6 +665,73 @@ async fn exec_is_killed_at_the_timeout() {
     }
 }
 
+/// Whether process `pid` has ended: gone from /proc, or a zombie waiting for
+/// a parent (in a container, PID 1 may never reap what it inherits).
+fn process_ended(pid: &str) -> bool {
+    match std::fs::read_to_string(Path::new("/proc").join(pid).join("stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn wait_process_ended(pid_file: &Path) {
+    let pid = std::fs::read_to_string(pid_file).expect("the program recorded a pid");
+    let pid = pid.trim();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !process_ended(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_timeout_kills_what_the_check_started() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("pid");
+    let pid_arg = pid_file.to_str().expect("utf-8 temp path");
+    let report = probe_once(
+        exec(&[
+            "sh",
+            "-c",
+            "sleep 10 & echo $! > \"$1\"; wait",
+            "sh",
+            pid_arg,
+        ]),
+        Duration::from_secs(1),
+        "127.0.0.1:80",
+    )
+    .await;
+    assert!(!report.ok);
+    assert_eq!(report.detail, "timed out after 1s, killed");
+    wait_process_ended(&pid_file).await;
+}
+
+#[tokio::test]
+async fn exec_leaves_nothing_running_after_a_normal_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = dir.path().join("pid");
+    let pid_arg = pid_file.to_str().expect("utf-8 temp path");
+    let report = probe_once(
+        exec(&[
+            "sh",
+            "-c",
+            "sleep 10 >/dev/null 2>&1 & echo $! > \"$1\"",
+            "sh",
+            pid_arg,
+        ]),
+        TIMEOUT,
+        "127.0.0.1:80",
+    )
+    .await;
+    assert!(report.ok, "{report:?}");
+    wait_process_ended(&pid_file).await;
+}
+
 #[test]
 fn exec_with_an_empty_command_is_refused() {
     let svc = service(
