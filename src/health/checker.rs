@@ -1,0 +1,214 @@
+//! Scheduling: one task per instance, each probing on its own jittered
+//! interval and publishing verdict changes at once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, probe};
+use crate::config::{CheckConfig, Config, InstanceConfig};
+
+/// At most this many probes run at once, whatever the number of instances:
+/// enough for 10,000 instances at 1 s with slow answers, few enough that a
+/// burst never exhausts file descriptors.
+pub const MAX_CONCURRENT_PROBES: usize = 1024;
+
+/// Probes every instance of every service until cancelled, and publishes this
+/// node's [`LocalHealth`] on a `watch` channel.
+///
+/// The channel's value is updated in place after every probe (the last report),
+/// but receivers are woken only when a verdict changes: a woken receiver has
+/// something to act on, and 10,000 probes a second do not become 10,000 wake-ups.
+pub struct Checker {
+    /// One entry per configured instance, in config order.
+    instances: Vec<Watched>,
+    /// Shared by every instance task; dropped when `run` returns.
+    health: watch::Sender<LocalHealth>,
+    /// Draws each instance's first-probe offset; seeded so tests are exact.
+    rng: StdRng,
+    /// Bounds concurrent probes across all instances.
+    permits: Arc<Semaphore>,
+}
+
+/// One instance and how to check it.
+struct Watched {
+    service: Arc<str>,
+    instance: InstanceConfig,
+    check: CheckConfig,
+    probe: Arc<dyn Probe>,
+}
+
+impl Checker {
+    /// A checker with the real probers for every service; the first probes are
+    /// jittered with a seed from the operating system.
+    pub fn new(config: &Config) -> Result<(Checker, watch::Receiver<LocalHealth>), HealthError> {
+        // One HTTP client for all services: one connector, one set of TLS roots.
+        let mut client = None;
+        let probes = config
+            .services
+            .iter()
+            .map(|s| Ok((s.name.clone(), probe::build(s, &mut client)?)))
+            .collect::<Result<Vec<_>, HealthError>>()?;
+        Checker::with_probes(config, probes, rand::random())
+    }
+
+    /// A checker with the given probe for each service (by name), and the
+    /// first-probe offsets drawn from `jitter_seed`. Fails if a configured
+    /// service has no probe; probes for unknown services are ignored.
+    pub fn with_probes(
+        config: &Config,
+        probes: Vec<(String, Arc<dyn Probe>)>,
+        jitter_seed: u64,
+    ) -> Result<(Checker, watch::Receiver<LocalHealth>), HealthError> {
+        let probes: HashMap<String, Arc<dyn Probe>> = probes.into_iter().collect();
+        let mut instances = Vec::new();
+        for service in &config.services {
+            let probe = probes
+                .get(&service.name)
+                .ok_or_else(|| HealthError::MissingProbe {
+                    service: service.name.clone(),
+                })?;
+            let name: Arc<str> = Arc::from(service.name.as_str());
+            instances.extend(service.instances.iter().map(|instance| Watched {
+                service: name.clone(),
+                instance: instance.clone(),
+                check: service.check.clone(),
+                probe: probe.clone(),
+            }));
+        }
+        let (health, receiver) = watch::channel(LocalHealth::new(config, Instant::now()));
+        let checker = Checker {
+            instances,
+            health,
+            rng: StdRng::seed_from_u64(jitter_seed),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+        };
+        Ok((checker, receiver))
+    }
+
+    /// Probes every instance until `cancel` fires; returns once every instance
+    /// task has ended (an in-flight probe is dropped, which kills an exec
+    /// check's program).
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut tasks = JoinSet::new();
+        let start = Instant::now();
+        for watched in self.instances {
+            // Spread first probes over one interval so that a thousand
+            // instances configured together are not probed in one burst.
+            let offset = random_below(&mut self.rng, watched.check.interval);
+            let task = InstanceTask {
+                watched,
+                first: start + offset,
+                health: self.health.clone(),
+                permits: self.permits.clone(),
+            };
+            tasks.spawn(task.run(cancel.clone()));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(e) = joined {
+                if e.is_panic() {
+                    // Only this instance stops being probed; its verdict stays
+                    // as it was, which the status page shows as stale.
+                    error!(error = %e, "a health check task panicked");
+                }
+            }
+        }
+    }
+}
+
+/// A uniform draw from `[0, bound)`; zero when `bound` is zero.
+fn random_below(rng: &mut StdRng, bound: Duration) -> Duration {
+    let nanos = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(rng.random_range(0..nanos))
+    }
+}
+
+/// The probe loop of one instance.
+struct InstanceTask {
+    watched: Watched,
+    /// When the first probe fires: the run's start plus this instance's jitter.
+    first: Instant,
+    /// Where verdicts are published; the task updates only its own entry.
+    health: watch::Sender<LocalHealth>,
+    /// The checker-wide concurrency bound, held for the length of one probe.
+    permits: Arc<Semaphore>,
+}
+
+impl InstanceTask {
+    async fn run(self, cancel: CancellationToken) {
+        let check = &self.watched.check;
+        let mut hysteresis = Hysteresis::new(check.rise, check.fall);
+        // Validation forbids a zero interval, but tokio panics on one, and a
+        // hand-built config must not bring the node down.
+        let period = check.interval.max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval_at(self.first, period);
+        // If probes were held up (by the concurrency bound), catch up by
+        // skipping, never by probing in a burst.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let report = tokio::select! {
+                () = cancel.cancelled() => return,
+                report = self.probe_once() => report,
+            };
+            self.record(&mut hysteresis, report);
+        }
+    }
+
+    async fn probe_once(&self) -> ProbeReport {
+        // The semaphore is never closed; if it were, probing unbounded is the
+        // lesser harm compared to not probing at all.
+        let _permit = self.permits.acquire().await.ok();
+        let timeout = self.watched.check.timeout;
+        let start = Instant::now();
+        // The probe should honour the timeout itself; this bound makes sure a
+        // misbehaving one cannot hold the schedule.
+        match tokio::time::timeout(timeout, self.watched.probe.probe(&self.watched.instance)).await
+        {
+            Ok(report) => report,
+            Err(_) => ProbeReport {
+                took: start.elapsed(),
+                ..ProbeReport::timed_out(timeout)
+            },
+        }
+    }
+
+    fn record(&self, hysteresis: &mut Hysteresis, report: ProbeReport) {
+        let service = &*self.watched.service;
+        let instance = self.watched.instance.name.as_str();
+        let changed = hysteresis.record(report.ok);
+        if let Some(verdict) = changed {
+            info!(service, instance, verdict = %verdict, detail = %report.detail, "instance verdict changed");
+        } else if !report.ok {
+            debug!(service, instance, detail = %report.detail, "probe failed");
+        }
+        let now = Instant::now();
+        self.health.send_if_modified(|health| {
+            let Some(status) = health.get_mut(service, instance) else {
+                return false;
+            };
+            status.last = Some(report);
+            status.consecutive_successes = hysteresis.consecutive_successes();
+            status.consecutive_failures = hysteresis.consecutive_failures();
+            if let Some(verdict) = changed {
+                status.verdict = verdict;
+                status.since = now;
+            }
+            changed.is_some()
+        });
+    }
+}

@@ -1,0 +1,466 @@
+//! The real probers: http, tcp and exec, each bounded by the check's timeout.
+//!
+//! A prober never returns an error: whatever goes wrong (refused, reset, bad
+//! status, timeout, a program that cannot start) is a failed [`ProbeReport`]
+//! whose detail says what a person would want to see in the status page.
+
+use std::error::Error as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+use super::{HealthError, Probe, ProbeReport};
+use crate::config::{CheckKind, InstanceConfig, ServiceConfig, StatusMatcher};
+
+/// How much of an HTTP body is searched for `body_contains`. Health endpoints
+/// are small; an instance that streams megabytes must not cost us megabytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How much of an exec check's stdout and stderr is kept (each). Only the
+/// last line reaches the detail; the rest is drained so the program never
+/// blocks on a full pipe.
+pub const MAX_OUTPUT_BYTES: usize = 4 * 1024;
+
+/// The longest detail line taken from a program's output.
+const MAX_DETAIL_CHARS: usize = 200;
+
+/// Builds the real prober for `service`'s check.
+///
+/// HTTP checks get their own client here; [`super::Checker::new`] shares one
+/// client among all services instead.
+pub fn prober(service: &ServiceConfig) -> Result<Arc<dyn Probe>, HealthError> {
+    build(service, &mut None)
+}
+
+/// Builds the prober for `service`, reusing (or creating and keeping) the
+/// shared HTTP client in `client`.
+pub(super) fn build(
+    service: &ServiceConfig,
+    client: &mut Option<reqwest::Client>,
+) -> Result<Arc<dyn Probe>, HealthError> {
+    let timeout = service.check.timeout;
+    Ok(match &service.check.kind {
+        CheckKind::Http {
+            https,
+            path,
+            host,
+            expect_status,
+            body_contains,
+        } => {
+            let client = match client {
+                Some(c) => c.clone(),
+                None => {
+                    let c = http_client().map_err(|source| HealthError::HttpClient {
+                        service: service.name.clone(),
+                        source,
+                    })?;
+                    client.insert(c).clone()
+                }
+            };
+            Arc::new(HttpProbe {
+                client,
+                scheme: if *https { "https" } else { "http" },
+                path: path.clone(),
+                host: host.clone(),
+                expect_status: expect_status.clone(),
+                body_contains: body_contains.clone(),
+                timeout,
+            })
+        }
+        CheckKind::Tcp => Arc::new(TcpProbe { timeout }),
+        CheckKind::Exec { command } => {
+            if command.first().is_none_or(|p| p.is_empty()) {
+                return Err(HealthError::EmptyCommand {
+                    service: service.name.clone(),
+                });
+            }
+            Arc::new(ExecProbe {
+                service: service.name.clone(),
+                command: command.clone(),
+                timeout,
+            })
+        }
+    })
+}
+
+/// The HTTP client every http check shares.
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        // A health check must open a fresh connection like a real client
+        // would: a kept-alive connection can stay up while the instance no
+        // longer accepts new ones.
+        .pool_max_idle_per_host(0)
+        // The instance itself must answer; a redirect is judged as its status.
+        .redirect(reqwest::redirect::Policy::none())
+        // HTTP_PROXY in the environment must not route checks elsewhere.
+        .no_proxy()
+        .user_agent(concat!("highlander/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// GET `scheme://address/path`: healthy on an accepted status whose body
+/// contains `body_contains` (if set).
+///
+/// `host` overrides the Host header only. With https the TLS name (SNI and
+/// certificate check) is still the host part of `address`, so an instance
+/// probed by IP address needs a certificate valid for that address.
+struct HttpProbe {
+    client: reqwest::Client,
+    scheme: &'static str,
+    path: String,
+    host: Option<String>,
+    expect_status: StatusMatcher,
+    body_contains: Option<String>,
+    timeout: Duration,
+}
+
+impl HttpProbe {
+    async fn check(&self, instance: &InstanceConfig) -> Result<String, String> {
+        let url = format!("{}://{}{}", self.scheme, instance.address, self.path);
+        let mut request = self.client.get(&url);
+        if let Some(host) = &self.host {
+            request = request.header(reqwest::header::HOST, host);
+        }
+        let mut response = request.send().await.map_err(|e| describe_http_error(&e))?;
+        let status = response.status().as_u16();
+        if !self.expect_status.accepts(status) {
+            return Err(format!("HTTP {status} (expected {})", self.expect_status));
+        }
+        let Some(needle) = &self.body_contains else {
+            return Ok(format!("HTTP {status}"));
+        };
+        let needle = needle.as_bytes();
+        let mut body = Vec::new();
+        while body.len() < MAX_BODY_BYTES {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| format!("HTTP {status}, reading body: {}", describe_http_error(&e)))?;
+            let Some(chunk) = chunk else { break };
+            let room = MAX_BODY_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            // Stop as soon as it is found: no need to read the rest.
+            if contains(&body, needle) {
+                return Ok(format!("HTTP {status}, body matched"));
+            }
+        }
+        Err(format!(
+            "HTTP {status} but the body does not contain {:?}{}",
+            String::from_utf8_lossy(needle),
+            if body.len() >= MAX_BODY_BYTES {
+                format!(" (searched the first {} KiB)", MAX_BODY_BYTES / 1024)
+            } else {
+                String::new()
+            }
+        ))
+    }
+}
+
+impl Probe for HttpProbe {
+    fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        bounded(self.timeout, self.check(instance)).boxed()
+    }
+}
+
+/// Healthy when a TCP connection opens. Host names are resolved on every
+/// probe, so a moved instance is followed.
+struct TcpProbe {
+    timeout: Duration,
+}
+
+impl Probe for TcpProbe {
+    fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        bounded(self.timeout, async move {
+            // `connect` resolves names with tokio's lookup and tries each address.
+            let stream = TcpStream::connect(instance.address.as_str())
+                .await
+                .map_err(|e| describe_io_error(&e))?;
+            Ok(match stream.peer_addr() {
+                Ok(peer) => format!("connected to {peer}"),
+                Err(_) => "connected".to_owned(),
+            })
+        })
+        .boxed()
+    }
+}
+
+/// Runs a program (argv, no shell) with placeholders substituted; healthy on
+/// exit 0. Killed at the timeout.
+///
+/// The program runs in its own process group, which is killed when the probe
+/// ends, so nothing it started outlives it. The verdict waits for stdout and
+/// stderr to close as well as for the exit, so a program that leaves a
+/// background process holding them open is judged at the timeout.
+struct ExecProbe {
+    service: String,
+    command: Vec<String>,
+    timeout: Duration,
+}
+
+impl ExecProbe {
+    async fn check(&self, instance: &InstanceConfig) -> Result<String, String> {
+        let argv: Vec<String> = self
+            .command
+            .iter()
+            .map(|arg| substitute(arg, &self.service, instance))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err("empty command".to_owned());
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // If the probe is dropped (the checker's own timeout, shutdown),
+            // the program must not outlive it.
+            .kill_on_drop(true);
+        // Its own process group, so that what the check starts (a shell's
+        // children) can be killed with it.
+        #[cfg(unix)]
+        command.process_group(0);
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {program:?}: {}", describe_io_error(&e)))?;
+        // Declared after `child`, so dropped before it: the group is killed
+        // while the child's pid (the group id) is still reserved.
+        let group = ProcessGroup::of(&child);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let run = async {
+            let (status, out, err) = tokio::join!(child.wait(), tail(stdout), tail(stderr));
+            (status, out, err)
+        };
+        let (status, out, err) = match tokio::time::timeout(self.timeout, run).await {
+            Ok(done) => done,
+            Err(_) => {
+                drop(group);
+                // Reap it now rather than leaving it to kill_on_drop, so the
+                // program is gone when the probe reports.
+                let _ = child.kill().await;
+                return Err(format!(
+                    "timed out after {}, killed",
+                    humantime::format_duration(self.timeout)
+                ));
+            }
+        };
+        // Whatever the check left running in its group goes now: a check that
+        // runs every second must not accumulate processes.
+        drop(group);
+        let status = status.map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
+        let mut detail = describe_exit(status);
+        if let Some(line) = last_line(&err).or_else(|| last_line(&out)) {
+            detail.push_str(": ");
+            detail.push_str(&line);
+        }
+        if status.success() {
+            Ok(detail)
+        } else {
+            Err(detail)
+        }
+    }
+}
+
+impl Probe for ExecProbe {
+    fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        // The exec check reports its own timeout (with the kill), so the outer
+        // bound only catches what cannot happen: a wait that outlives the kill.
+        bounded(self.timeout + Duration::from_secs(1), self.check(instance)).boxed()
+    }
+}
+
+/// Kills an exec check's process group when dropped, however the probe ends
+/// (finished, timed out, or the probe future dropped by the checker).
+///
+/// The group id is the child's pid. It is killed before the child is reaped
+/// on the timeout and drop paths, so it cannot name another process's group;
+/// after a normal exit the window between reaping and this kill is a few
+/// instructions, far shorter than the kernel takes to reuse a pid.
+struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    fn of(child: &tokio::process::Child) -> Self {
+        // Never 0 or 1: kill(0) and kill(-1) would signal our own group or
+        // every process we may signal.
+        ProcessGroup(
+            child
+                .id()
+                .and_then(|pid| i32::try_from(pid).ok())
+                .filter(|&pid| pid > 1),
+        )
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.0.take() {
+            // SAFETY: kill(2) takes plain integers and touches no memory of
+            // ours; a negative pid names the process group `pgid`, which the
+            // child leads (process_group(0) at spawn). ESRCH (already empty)
+            // is the common, harmless outcome.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Runs `check` within `timeout`, timing it, and turns its outcome into a report.
+async fn bounded(
+    timeout: Duration,
+    check: impl Future<Output = Result<String, String>>,
+) -> ProbeReport {
+    let start = Instant::now();
+    match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(detail)) => ProbeReport::ok(detail, start.elapsed()),
+        Ok(Err(detail)) => ProbeReport::failed(detail, start.elapsed()),
+        Err(_) => ProbeReport::timed_out(timeout),
+    }
+}
+
+/// Substitutes `{service}`, `{instance}`, `{address}`, `{host}` and `{port}` in
+/// `arg`, in one pass so that a substituted value is never substituted again.
+/// Unknown `{…}` are kept as written.
+pub fn substitute(arg: &str, service: &str, instance: &InstanceConfig) -> String {
+    let (host, port) = split_host_port(&instance.address);
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let value = [
+            ("{service}", service),
+            ("{instance}", instance.name.as_str()),
+            ("{address}", instance.address.as_str()),
+            ("{host}", host),
+            ("{port}", port),
+        ]
+        .into_iter()
+        .find(|(key, _)| after.starts_with(key));
+        match value {
+            Some((key, value)) => {
+                out.push_str(value);
+                rest = &after[key.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `host:port` or `[v6]:port` to `(host, port)`, with the IPv6 brackets removed
+/// because a program given `{host}` expects an address, not URL syntax.
+fn split_host_port(address: &str) -> (&str, &str) {
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host);
+            (host, port)
+        }
+        None => (address, ""),
+    }
+}
+
+/// Reads `reader` to the end, keeping only the last [`MAX_OUTPUT_BYTES`].
+async fn tail(reader: Option<impl AsyncRead + Unpin>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut reader) = reader else {
+        return kept;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&buf[..n]);
+                if kept.len() > MAX_OUTPUT_BYTES {
+                    kept.drain(..kept.len() - MAX_OUTPUT_BYTES);
+                }
+            }
+        }
+    }
+    kept
+}
+
+/// The last non-empty line of `output`, trimmed and shortened for a detail.
+fn last_line(output: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(output);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(if line.chars().count() > MAX_DETAIL_CHARS {
+        let mut short: String = line.chars().take(MAX_DETAIL_CHARS).collect();
+        short.push('…');
+        short
+    } else {
+        line.to_owned()
+    })
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    if let Some(code) = status.code() {
+        return format!("exit status {code}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("killed by signal {signal}");
+        }
+    }
+    status.to_string()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The few words that matter from an I/O error: "connection refused", not
+/// "Connection refused (os error 111)".
+fn describe_io_error(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::ConnectionRefused => "connection refused".into(),
+        ErrorKind::ConnectionReset => "connection reset".into(),
+        ErrorKind::ConnectionAborted => "connection aborted".into(),
+        ErrorKind::NotFound => "not found".into(),
+        ErrorKind::PermissionDenied => "permission denied".into(),
+        ErrorKind::TimedOut => "timed out".into(),
+        _ => error.to_string(),
+    }
+}
+
+/// reqwest's own message ("error sending request for url …") says nothing;
+/// the innermost cause does.
+fn describe_http_error(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".into();
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+    let mut innermost = None;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return describe_io_error(io);
+        }
+        innermost = Some(e);
+        source = e.source();
+    }
+    match innermost {
+        Some(e) => e.to_string(),
+        None => error.to_string(),
+    }
+}
