@@ -49,8 +49,17 @@ pub fn decide_service(
     let best = best_healthy(service, current, view);
 
     let Some(active) = current.active.as_deref() else {
-        // No decision yet: wait until some instance is known to be up.
-        return best.map(|(name, _)| activate(name, Reason::Initial));
+        // No decision yet: wait until some instance is known to be up, and
+        // until every better-priority instance has a verdict, so the first
+        // choice does not depend on which probe happened to run first (and
+        // is not followed by a failback moments later).
+        let (name, priority) = best?;
+        let undecided_better = service.instances.iter().any(|i| {
+            i.priority < priority
+                && !current.drained.contains(&i.name)
+                && view.get(&service.name, &i.name).verdict == Verdict::Unknown
+        });
+        return (!undecided_better).then(|| activate(name, Reason::Initial));
     };
 
     let active_priority = service.instance(active).map(|i| i.priority);
@@ -215,6 +224,28 @@ mod tests {
             decide_service(&s, &none, &v, NOW),
             activation("db2", 1, Reason::Initial),
             "equal priority: config order decides"
+        );
+    }
+
+    #[test]
+    fn first_decision_waits_for_better_priority_verdicts() {
+        let s = service(Failback::Auto);
+        let none = ServiceState::default();
+        // db2 is up, but db1 (better) has not been judged yet.
+        let v = view(&[("db1", Unknown, 0), ("db2", Up, 1)]);
+        assert_eq!(decide_service(&s, &none, &v, NOW), None);
+        // A drained better instance does not hold the decision up.
+        let mut drained = none.clone();
+        drained.drained.insert("db1".into());
+        assert_eq!(
+            decide_service(&s, &drained, &v, NOW),
+            activation("db2", 1, Reason::Initial)
+        );
+        // Worse-priority instances still unknown do not matter.
+        let v = view(&[("db1", Up, 0), ("db2", Unknown, 0), ("db3", Unknown, 0)]);
+        assert_eq!(
+            decide_service(&s, &none, &v, NOW),
+            activation("db1", 1, Reason::Initial)
         );
     }
 

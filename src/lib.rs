@@ -17,3 +17,4 @@ pub mod dns;
 pub mod engine;
 pub mod health;
 pub mod model;
+pub mod node;

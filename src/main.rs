@@ -84,8 +84,9 @@ fn main() -> ExitCode {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // hickory logs two INFO lines per query; keep its warnings only.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,openraft=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,openraft=warn")
+    });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -145,7 +146,10 @@ async fn run(config: Config, node_id: u64) -> ExitCode {
 /// Cancels `cancel` on SIGINT or SIGTERM.
 async fn shutdown_signal(cancel: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");

@@ -208,9 +208,7 @@ async fn decide_loop(
         if !cluster.is_acting_leader() {
             continue;
         }
-        let view = health
-            .borrow_and_update()
-            .view(tokio::time::Instant::now());
+        let view = health.borrow_and_update().view(tokio::time::Instant::now());
         let state = applied.borrow_and_update().clone();
         for command in engine::decide(&config, &state.state, &view, unix_now()) {
             let description = format!("{command:?}");

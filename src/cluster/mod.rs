@@ -83,6 +83,9 @@ pub struct Cluster {
     /// that lost contact may be about to campaign).
     max_ack_age: Duration,
     id: NodeId,
+    /// The store, watched so that shutdown can wait until openraft's tasks
+    /// have let go of it (its state-machine worker outlives `Raft::shutdown`).
+    db: std::sync::Weak<redb::Database>,
 }
 
 impl Cluster {
@@ -111,6 +114,7 @@ impl Cluster {
         let db = store::open(&config.node_data_dir(id))?;
         let (machine, applied) =
             store::StateMachine::load(db.clone()).map_err(ClusterError::Load)?;
+        let weak_db = Arc::downgrade(&db);
         let log = store::LogStore::new(db);
         let raft = Raft::new(id, Arc::new(raft_config), Network, log, machine)
             .await
@@ -137,6 +141,7 @@ impl Cluster {
             applied,
             max_ack_age: c.election_timeout_min / 2,
             id,
+            db: weak_db,
         })
     }
 
@@ -187,10 +192,20 @@ impl Cluster {
         }
     }
 
-    /// Stops Raft. The store is flushed on every write, so nothing is lost.
+    /// Stops Raft and waits (up to a second) until the store is closed, so
+    /// the same data dir can be opened again at once. The store is flushed on
+    /// every write, so nothing is lost either way.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.db.strong_count() > 0 {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!("the Raft store is still open one second after shutdown");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }

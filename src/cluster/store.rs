@@ -43,6 +43,9 @@ const SNAPSHOT: &str = "snapshot";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
+/// How long opening waits for a previous holder of the database to let go.
+const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Opens (or creates) the node's database at `dir/raft.redb`.
 pub fn open(dir: &Path) -> std::result::Result<Arc<Database>, OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::Dir {
@@ -50,10 +53,27 @@ pub fn open(dir: &Path) -> std::result::Result<Arc<Database>, OpenError> {
         source,
     })?;
     let file = dir.join("raft.redb");
-    let db = Database::create(&file).map_err(|source| OpenError::Database {
-        file: file.display().to_string(),
-        source,
-    })?;
+    // redb releases its file lock only when the last transaction of a closed
+    // database ends, which can trail the close by a moment; a node restarted
+    // in the same process (or right after its predecessor exited) waits for
+    // it instead of failing. A second live node on this data dir still fails.
+    let deadline = std::time::Instant::now() + OPEN_RETRY;
+    let db = loop {
+        match Database::create(&file) {
+            Ok(db) => break db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(OpenError::Database {
+                    file: file.display().to_string(),
+                    source,
+                });
+            }
+        }
+    };
     // Create every table up front: reading a table that no write has created fails.
     let init = || -> std::result::Result<(), redb::Error> {
         let txn = db.begin_write()?;

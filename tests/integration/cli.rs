@@ -26,7 +26,11 @@ async fn check_config_prints_what_a_valid_file_means() -> Result<()> {
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
     let dir = ConfigDir::new()?;
-    let file = dir.write(&one_node_config(&[&primary, &backup], "manual", "127.0.0.1:0"))?;
+    let file = dir.write(&one_node_config(
+        &[&primary, &backup],
+        "manual",
+        "127.0.0.1:0",
+    ))?;
     let out = highlander().arg("check-config").arg(&file).output()?;
     let stdout = String::from_utf8(out.stdout)?;
     assert_eq!(out.status.code(), Some(0), "stdout: {stdout}");
@@ -41,7 +45,10 @@ async fn check_config_prints_what_a_valid_file_means() -> Result<()> {
         "instance backup",
         "CNAME primary.internal.",
     ] {
-        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} missing from:\n{stdout}"
+        );
     }
     Ok(())
 }
@@ -78,7 +85,10 @@ a = "::1"
         "services[0].check.rise = 0".into(),
         "services[0].instances[0].a = \"::1\"".into(),
     ] {
-        assert!(stderr.contains(&expected), "{expected:?} missing from:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "{expected:?} missing from:\n{stderr}"
+        );
     }
     Ok(())
 }
@@ -93,17 +103,29 @@ async fn run_refuses_a_bad_node_id_or_secret_before_listening() -> Result<()> {
     drop(held);
     let file = dir.write(&one_node_config(&[&primary], "auto", &dns.to_string()))?;
 
-    let out = highlander().args(["run", "--node-id", "7", "--config"]).arg(&file).output()?;
+    let out = highlander()
+        .args(["run", "--node-id", "7", "--config"])
+        .arg(&file)
+        .output()?;
     let stderr = String::from_utf8(out.stderr)?;
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("node id 7") && stderr.contains("node ids 1"), "{stderr}");
+    assert!(
+        stderr.contains("node id 7") && stderr.contains("node ids 1"),
+        "{stderr}"
+    );
 
     std::fs::remove_file(dir.path().join("cluster.secret"))?;
-    let out = highlander().args(["run", "--node-id", "1", "--config"]).arg(&file).output()?;
+    let out = highlander()
+        .args(["run", "--node-id", "1", "--config"])
+        .arg(&file)
+        .output()?;
     let stderr = String::from_utf8(out.stderr)?;
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("cluster.secret_file"), "{stderr}");
-    assert!(!dir.path().join("data").exists(), "a refused node must not create its data dir");
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused node must not create its data dir"
+    );
     Ok(())
 }
 

@@ -55,9 +55,9 @@ impl Instance {
     }
 
     /// Kills the instance: its port refuses connections from now on.
-    pub async fn kill(self) {
+    pub async fn kill(mut self) {
         self.server.abort();
-        let _ = self.server.await;
+        let _ = (&mut self.server).await;
     }
 }
 
@@ -75,7 +75,10 @@ pub struct ConfigDir {
 impl ConfigDir {
     pub fn new() -> Result<ConfigDir> {
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("cluster.secret"), "integration-test-secret-0123456789")?;
+        std::fs::write(
+            dir.path().join("cluster.secret"),
+            "integration-test-secret-0123456789",
+        )?;
         Ok(ConfigDir { dir })
     }
 
@@ -149,7 +152,11 @@ pub async fn query(server: SocketAddr, name: &str, rtype: RecordType) -> Result<
         .context("no DNS response within 2s")??;
     let response = Message::from_vec(&buf[..len])?;
     if response.metadata.id != message.metadata.id {
-        bail!("response id {} does not match query id {}", response.metadata.id, message.metadata.id);
+        bail!(
+            "response id {} does not match query id {}",
+            response.metadata.id,
+            message.metadata.id
+        );
     }
     Ok(response)
 }
@@ -190,7 +197,11 @@ pub async fn answer(server: SocketAddr) -> Result<Option<Answer>> {
         _ => None,
     });
     match (instance, epoch, cname) {
-        (Some(instance), Some(epoch), Some(cname)) => Ok(Some(Answer { instance, epoch, cname })),
+        (Some(instance), Some(epoch), Some(cname)) => Ok(Some(Answer {
+            instance,
+            epoch,
+            cname,
+        })),
         other => bail!("incomplete answer from {server}: {other:?}; TXT response {txt:?}"),
     }
 }

@@ -1,9 +1,9 @@
 //! highlander's integration tests: real nodes, real sockets on 127.0.0.1:0,
 //! real DNS on the wire. One binary; each module is one area.
 
-/// Test harness: local HTTP instances, configs, DNS queries, polling.
-mod harness;
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
+/// Test harness: local HTTP instances, configs, DNS queries, polling.
+mod harness;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;

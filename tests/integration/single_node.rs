@@ -29,10 +29,17 @@ async fn failover_moves_the_answer_and_survives_a_restart() -> Result<()> {
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
     let dir = ConfigDir::new()?;
-    let file = dir.write(&one_node_config(&[&primary, &backup], "auto", "127.0.0.1:0"))?;
+    let file = dir.write(&one_node_config(
+        &[&primary, &backup],
+        "auto",
+        "127.0.0.1:0",
+    ))?;
 
     let (dns, cancel, task) = start_node(&file).await?;
-    let first = eventually(Duration::from_secs(10), "the first decision", || answer(dns)).await?;
+    let first = eventually(Duration::from_secs(10), "the first decision", || {
+        answer(dns)
+    })
+    .await?;
     assert_eq!(
         first,
         Answer {
@@ -64,7 +71,11 @@ async fn failover_moves_the_answer_and_survives_a_restart() -> Result<()> {
     // choice and epoch (S5), before any probe has run.
     let (dns, cancel, task) = start_node(&file).await?;
     let restarted = answer(dns).await?;
-    assert_eq!(restarted, Some(moved.clone()), "restart must keep the active instance and epoch");
+    assert_eq!(
+        restarted,
+        Some(moved.clone()),
+        "restart must keep the active instance and epoch"
+    );
     // And the node does not flip it afterwards: primary is still down, backup up.
     tokio::time::sleep(Duration::from_millis(600)).await; // several probe intervals; we assert nothing changed
     assert_eq!(answer(dns).await?, Some(moved));
@@ -81,7 +92,11 @@ async fn no_decision_answers_servfail_until_an_instance_is_up() -> Result<()> {
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
     let dir = ConfigDir::new()?;
-    let file = dir.write(&one_node_config(&[&primary, &backup], "auto", "127.0.0.1:0"))?;
+    let file = dir.write(&one_node_config(
+        &[&primary, &backup],
+        "auto",
+        "127.0.0.1:0",
+    ))?;
     primary.kill().await;
     backup.kill().await;
 
