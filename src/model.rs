@@ -141,6 +141,38 @@ impl Command {
     }
 }
 
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Activate {
+                service,
+                instance,
+                epoch,
+                reason,
+                ..
+            } => write!(
+                f,
+                "activate {service}/{instance} at epoch {epoch} ({reason})"
+            ),
+            Command::MarkAllDown { service, epoch, .. } => {
+                write!(
+                    f,
+                    "mark every instance of {service} down (keeping epoch {epoch})"
+                )
+            }
+            Command::ClearAllDown { service, epoch, .. } => {
+                write!(f, "clear the all-down mark of {service} (epoch {epoch})")
+            }
+            Command::Drain {
+                service, instance, ..
+            } => write!(f, "drain {service}/{instance}"),
+            Command::Undrain {
+                service, instance, ..
+            } => write!(f, "undrain {service}/{instance}"),
+        }
+    }
+}
+
 /// What applying one command did; returned to the proposer through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]

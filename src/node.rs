@@ -211,7 +211,7 @@ async fn decide_loop(
         let view = health.borrow_and_update().view(tokio::time::Instant::now());
         let state = applied.borrow_and_update().clone();
         for command in engine::decide(&config, &state.state, &view, unix_now()) {
-            let description = format!("{command:?}");
+            let description = command.to_string();
             match cluster.propose(command).await {
                 Ok(ApplyOutcome::Applied) => info!(command = %description, "committed"),
                 Ok(ApplyOutcome::Unchanged) => {}
