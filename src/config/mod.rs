@@ -108,6 +108,12 @@ pub mod raw {
         #[serde(default = "default_election_timeout_max")]
         pub election_timeout_max: String,
         #[serde(default)]
+        pub name: Option<String>,
+        #[serde(default = "default_lease")]
+        pub lease: String,
+        #[serde(default = "default_health_quorum")]
+        pub health_quorum: String,
+        #[serde(default)]
         pub nodes: Vec<Node>,
     }
 
@@ -128,6 +134,8 @@ pub mod raw {
         pub ttl: String,
         #[serde(default)]
         pub hostmaster: Option<String>,
+        #[serde(default = "default_on_minority")]
+        pub on_minority: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -198,6 +206,15 @@ pub mod raw {
     fn default_election_timeout_max() -> String {
         "300ms".into()
     }
+    fn default_lease() -> String {
+        "2s".into()
+    }
+    fn default_health_quorum() -> String {
+        "majority".into()
+    }
+    fn default_on_minority() -> String {
+        "servfail".into()
+    }
     fn default_ttl() -> String {
         "5s".into()
     }
@@ -248,8 +265,54 @@ pub struct ClusterConfig {
     /// `election_timeout_max` plus a draw from this range without contact.
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// Carried by every cluster request, so nodes of another cluster that
+    /// share the secret are still refused (defaults to the DNS zone).
+    pub name: String,
+    /// A node answers service names only while it has heard from a leader
+    /// holding a quorum within this long (S3).
+    pub lease: Duration,
+    /// Whose probes decide an instance's health.
+    pub health_quorum: HealthQuorum,
     /// Sorted by id.
     pub nodes: Vec<NodeConfig>,
+}
+
+/// `health_quorum`: whose verdicts make an instance up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthQuorum {
+    /// Down when a majority of the configured nodes report it down, up when
+    /// a majority report it up, otherwise unknown (and nothing changes).
+    Majority,
+    /// The leader's own probes alone (a leader with a bad network path can
+    /// fail over wrongly; for clusters where that is acceptable).
+    Leader,
+}
+
+impl fmt::Display for HealthQuorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HealthQuorum::Majority => "majority",
+            HealthQuorum::Leader => "leader",
+        })
+    }
+}
+
+/// `on_minority`: what a node outside the majority answers for service names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMinority {
+    /// SERVFAIL, so resolvers ask another nameserver (S3).
+    Servfail,
+    /// The last answer it knew, possibly stale.
+    Stale,
+}
+
+impl fmt::Display for OnMinority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnMinority::Servfail => "servfail",
+            OnMinority::Stale => "stale",
+        })
+    }
 }
 
 impl fmt::Debug for ClusterConfig {
@@ -262,6 +325,9 @@ impl fmt::Debug for ClusterConfig {
             .field("heartbeat", &self.heartbeat)
             .field("election_timeout_min", &self.election_timeout_min)
             .field("election_timeout_max", &self.election_timeout_max)
+            .field("name", &self.name)
+            .field("lease", &self.lease)
+            .field("health_quorum", &self.health_quorum)
             .field("nodes", &self.nodes)
             .finish()
     }
@@ -284,6 +350,8 @@ pub struct DnsConfig {
     pub ttl: Duration,
     /// The SOA RNAME, absolute (`hostmaster.<zone>` by default).
     pub hostmaster: String,
+    /// What a node outside the majority answers for service names.
+    pub on_minority: OnMinority,
 }
 
 /// `failback`: what happens when a better-priority instance is healthy again.
@@ -457,6 +525,10 @@ impl Config {
         let base = file.parent().unwrap_or(Path::new("."));
         let cluster = v.cluster(base, raw.cluster);
         let dns = v.dns(raw.dns);
+        let mut cluster = cluster;
+        if cluster.name.is_empty() {
+            cluster.name = dns.zone.clone();
+        }
         let services = v.services(raw.services);
         if v.problems.is_empty() {
             Ok(Config {
@@ -616,6 +688,38 @@ impl Validator {
             );
         }
 
+        let lease = self.duration("cluster.lease", &raw.lease);
+        if parsed(&raw.lease) && parsed(&raw.heartbeat) && lease <= heartbeat * 2 {
+            self.problem(
+                "cluster.lease",
+                quoted(&raw.lease),
+                format!(
+                    "must be longer than two heartbeats ({} each), or one late heartbeat makes nodes answer SERVFAIL; it should outlast a leader election (about twice election_timeout_max), like \"2s\"",
+                    raw.heartbeat
+                ),
+            );
+        }
+        let health_quorum = match raw.health_quorum.as_str() {
+            "majority" => HealthQuorum::Majority,
+            "leader" => HealthQuorum::Leader,
+            other => {
+                self.problem(
+                    "cluster.health_quorum",
+                    quoted(other),
+                    "expected \"majority\" (an instance is down when most nodes say so) or \"leader\" (the leader's probes alone)",
+                );
+                HealthQuorum::Majority
+            }
+        };
+        let name = raw.name.unwrap_or_default();
+        if !name.is_empty() && !name.chars().all(|c| c.is_ascii_graphic()) {
+            self.problem(
+                "cluster.name",
+                quoted(&name),
+                "expected printable ASCII without spaces, like \"prod-eu\"",
+            );
+        }
+
         if raw.nodes.is_empty() {
             self.problem(
                 "cluster.nodes",
@@ -674,6 +778,9 @@ impl Validator {
             heartbeat,
             election_timeout_min: min,
             election_timeout_max: max,
+            name,
+            lease,
+            health_quorum,
             nodes,
         }
     }
@@ -724,10 +831,23 @@ impl Validator {
             // `dot_zone`, so the root zone gives "hostmaster." and not "hostmaster..".
             None => format!("hostmaster{}", dot_zone(&zone)),
         };
+        let on_minority = match raw.on_minority.as_str() {
+            "servfail" => OnMinority::Servfail,
+            "stale" => OnMinority::Stale,
+            other => {
+                self.problem(
+                    "dns.on_minority",
+                    quoted(other),
+                    "expected \"servfail\" (resolvers move to another nameserver) or \"stale\" (keep answering the last known instance)",
+                );
+                OnMinority::Servfail
+            }
+        };
         DnsConfig {
             zone,
             ttl,
             hostmaster,
+            on_minority,
         }
     }
 
@@ -1134,10 +1254,13 @@ pub fn describe(config: &Config) -> String {
     );
     let _ = writeln!(
         out,
-        "  raft: heartbeat {}, election timeout {}–{}",
+        "  raft: heartbeat {}, election timeout {}–{}; lease {}; health quorum: {}; cluster name {}",
         humantime::format_duration(c.heartbeat),
         humantime::format_duration(c.election_timeout_min),
-        humantime::format_duration(c.election_timeout_max)
+        humantime::format_duration(c.election_timeout_max),
+        humantime::format_duration(c.lease),
+        c.health_quorum,
+        c.name
     );
     for n in &c.nodes {
         let _ = writeln!(
@@ -1149,10 +1272,11 @@ pub fn describe(config: &Config) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "dns: authoritative for {} (ttl {}, hostmaster {})",
+        "dns: authoritative for {} (ttl {}, hostmaster {}, outside the majority: {})",
         config.dns.zone,
         humantime::format_duration(config.dns.ttl),
-        config.dns.hostmaster
+        config.dns.hostmaster,
+        config.dns.on_minority
     );
     for s in &config.services {
         let _ = writeln!(out);

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::probe::substitute;
 use super::*;
 use crate::config::{
-    CheckConfig, CheckKind, ClusterConfig, Config, DnsConfig, Failback, InstanceConfig,
-    ServiceConfig, StatusMatcher, Target,
+    CheckConfig, CheckKind, ClusterConfig, Config, DnsConfig, Failback, HealthQuorum,
+    InstanceConfig, OnMinority, ServiceConfig, StatusMatcher, Target,
 };
 use crate::model::Verdict;
 
@@ -65,12 +65,16 @@ fn config(services: Vec<ServiceConfig>) -> Config {
             heartbeat: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(150),
             election_timeout_max: Duration::from_millis(300),
+            name: "test".into(),
+            lease: Duration::from_secs(2),
+            health_quorum: HealthQuorum::Majority,
             nodes: Vec::new(),
         },
         dns: DnsConfig {
             zone: "svc.example.".into(),
             ttl: Duration::from_secs(5),
             hostmaster: "hostmaster.svc.example.".into(),
+            on_minority: OnMinority::Servfail,
         },
         services,
     }
