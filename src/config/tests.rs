@@ -1411,3 +1411,278 @@ fn underscore_in_names_is_accepted_as_the_label_message_says() {
         "letters, digits, '-' or '_'",
     );
 }
+
+// ------------------------------- cluster name, lease, quorum, on_minority
+
+/// [`BASE`] with `keys` (TOML lines) added to `[cluster]`.
+#[track_caller]
+fn with_cluster(keys: &str) -> String {
+    base_with(&[("secret_file = ", &format!("{keys}\nsecret_file = "))])
+}
+
+/// [`BASE`] with `keys` (TOML lines) added to `[dns]`.
+#[track_caller]
+fn with_dns(keys: &str) -> String {
+    base_with(&[(
+        "zone = \"svc.example.\"",
+        &format!("zone = \"svc.example.\"\n{keys}"),
+    )])
+}
+
+#[test]
+fn cluster_name_lease_quorum_and_on_minority_have_defaults() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(config.cluster.name, "svc.example.");
+    assert_eq!(config.cluster.name, config.dns.zone);
+    assert_eq!(config.cluster.lease, Duration::from_secs(2));
+    assert_eq!(config.cluster.health_quorum, HealthQuorum::Majority);
+    assert_eq!(config.dns.on_minority, OnMinority::Servfail);
+}
+
+#[test]
+fn default_cluster_name_is_the_normalised_zone() {
+    let fx = Fixture::new();
+    let text = base_with(&[("zone = \"svc.example.\"", "zone = \"SVC.Example.\"")]);
+    let config = fx.valid(&text);
+    assert_eq!(config.cluster.name, "svc.example.");
+}
+
+#[test]
+fn explicit_cluster_name_is_kept() {
+    let fx = Fixture::new();
+    let config = fx.valid(&with_cluster("name = \"prod-eu\""));
+    assert_eq!(config.cluster.name, "prod-eu");
+    assert_eq!(config.dns.zone, "svc.example.");
+    // Any printable ASCII without spaces, kept as written (case included).
+    let config = fx.valid(&with_cluster("name = \"Prod/EU:1@dc~2\""));
+    assert_eq!(config.cluster.name, "Prod/EU:1@dc~2");
+}
+
+#[test]
+fn health_quorum_values_are_accepted() {
+    let fx = Fixture::new();
+    for (written, expected) in [
+        ("majority", HealthQuorum::Majority),
+        ("leader", HealthQuorum::Leader),
+    ] {
+        let config = fx.valid(&with_cluster(&format!("health_quorum = \"{written}\"")));
+        assert_eq!(config.cluster.health_quorum, expected, "{written}");
+        assert_eq!(expected.to_string(), written);
+    }
+}
+
+#[test]
+fn on_minority_values_are_accepted() {
+    let fx = Fixture::new();
+    for (written, expected) in [
+        ("servfail", OnMinority::Servfail),
+        ("stale", OnMinority::Stale),
+    ] {
+        let config = fx.valid(&with_dns(&format!("on_minority = \"{written}\"")));
+        assert_eq!(config.dns.on_minority, expected, "{written}");
+        assert_eq!(expected.to_string(), written);
+    }
+}
+
+#[test]
+fn explicit_lease_is_parsed() {
+    let fx = Fixture::new();
+    let config = fx.valid(&with_cluster("lease = \"750ms\""));
+    assert_eq!(config.cluster.lease, Duration::from_millis(750));
+    let config = fx.valid(&with_cluster("lease = \"1m\""));
+    assert_eq!(config.cluster.lease, Duration::from_secs(60));
+}
+
+#[test]
+fn bad_health_quorum_is_rejected() {
+    let fx = Fixture::new();
+    // Values are exact: no other words, no other case.
+    for bad in ["all", "Majority", "", "quorum"] {
+        let problem = fx.single_problem(
+            &with_cluster(&format!("health_quorum = \"{bad}\"")),
+            "cluster.health_quorum",
+            &format!("{bad:?}"),
+            "expected \"majority\"",
+        );
+        assert_eq!(problem.value, format!("{bad:?}"));
+        assert!(problem.message.contains("\"leader\""), "{problem}");
+    }
+}
+
+#[test]
+fn bad_on_minority_is_rejected() {
+    let fx = Fixture::new();
+    for bad in ["nxdomain", "STALE", "", "refused"] {
+        let problem = fx.single_problem(
+            &with_dns(&format!("on_minority = \"{bad}\"")),
+            "dns.on_minority",
+            &format!("{bad:?}"),
+            "expected \"servfail\"",
+        );
+        assert_eq!(problem.value, format!("{bad:?}"));
+        assert!(problem.message.contains("\"stale\""), "{problem}");
+    }
+}
+
+#[test]
+fn cluster_name_that_is_not_printable_ascii_is_rejected() {
+    let fx = Fixture::new();
+    for (written, shown) in [
+        ("\"prod eu\"", "\"prod eu\""),
+        ("\"prod\\teu\"", "\"prod\\teu\""),
+        ("\"prod-é\"", "\"prod-é\""),
+        ("\" prod\"", "\" prod\""),
+    ] {
+        let problem = fx.single_problem(
+            &with_cluster(&format!("name = {written}")),
+            "cluster.name",
+            shown,
+            "printable ASCII without spaces",
+        );
+        assert_eq!(problem.value, shown);
+    }
+}
+
+#[test]
+fn bad_lease_duration_is_rejected() {
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_cluster("lease = \"two seconds\""),
+        "cluster.lease",
+        "\"two seconds\"",
+        "not a duration; expected a number with a unit",
+    );
+}
+
+#[test]
+fn lease_of_two_heartbeats_is_rejected_and_just_above_accepted() {
+    let fx = Fixture::new();
+    // The default heartbeat is 50ms.
+    let problem = fx.single_problem(
+        &with_cluster("lease = \"100ms\""),
+        "cluster.lease",
+        "\"100ms\"",
+        "must be longer than two heartbeats (50ms each)",
+    );
+    assert!(problem.message.contains("like \"2s\""), "{problem}");
+    let config = fx.valid(&with_cluster("lease = \"101ms\""));
+    assert_eq!(config.cluster.lease, Duration::from_millis(101));
+
+    // With an explicit heartbeat, compared as durations, not as text.
+    fx.single_problem(
+        &with_cluster("heartbeat = \"1s\"\nelection_timeout_min = \"3s\"\nelection_timeout_max = \"6s\"\nlease = \"2000ms\""),
+        "cluster.lease",
+        "\"2000ms\"",
+        "must be longer than two heartbeats (1s each)",
+    );
+    let config = fx.valid(&with_cluster(
+        "heartbeat = \"1s\"\nelection_timeout_min = \"3s\"\nelection_timeout_max = \"6s\"\nlease = \"2001ms\"",
+    ));
+    assert_eq!(config.cluster.lease, Duration::from_millis(2001));
+}
+
+#[test]
+fn default_lease_is_checked_against_a_long_heartbeat() {
+    // Only the heartbeat is written: the default 2s lease no longer fits.
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_cluster(
+            "heartbeat = \"1s\"\nelection_timeout_min = \"3s\"\nelection_timeout_max = \"6s\"",
+        ),
+        "cluster.lease",
+        "\"2s\"",
+        "must be longer than two heartbeats (1s each)",
+    );
+}
+
+#[test]
+fn zero_lease_is_rejected() {
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_cluster("lease = \"0s\""),
+        "cluster.lease",
+        "\"0s\"",
+        "must be longer than two heartbeats",
+    );
+}
+
+#[test]
+fn equal_election_timeouts_are_rejected_however_written() {
+    // min == max makes openraft panic when it draws the timeout.
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_cluster("election_timeout_min = \"1s\"\nelection_timeout_max = \"1000ms\""),
+        "cluster.election_timeout_max",
+        "\"1000ms\"",
+        "must be longer than cluster.election_timeout_min (1s)",
+    );
+    fx.single_problem(
+        &with_cluster("election_timeout_min = \"400ms\"\nelection_timeout_max = \"350ms\""),
+        "cluster.election_timeout_max",
+        "\"350ms\"",
+        "must be longer than cluster.election_timeout_min (400ms)",
+    );
+    let config = fx.valid(&with_cluster(
+        "election_timeout_min = \"300ms\"\nelection_timeout_max = \"301ms\"",
+    ));
+    assert_eq!(
+        config.cluster.election_timeout_max,
+        Duration::from_millis(301)
+    );
+}
+
+#[test]
+fn new_key_problems_are_reported_together() {
+    let fx = Fixture::new();
+    let text = base_with(&[
+        (
+            "secret_file = ",
+            "name = \"a b\"\nlease = \"1ms\"\nhealth_quorum = \"all\"\nsecret_file = ",
+        ),
+        (
+            "zone = \"svc.example.\"",
+            "zone = \"svc.example.\"\non_minority = \"drop\"",
+        ),
+    ]);
+    let (problems, shown) = fx.invalid(&text);
+    let keys: BTreeSet<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "cluster.name",
+            "cluster.lease",
+            "cluster.health_quorum",
+            "dns.on_minority",
+        ]),
+        "{shown}"
+    );
+    assert_eq!(problems.len(), 4, "{shown}");
+    assert!(shown.contains("has 4 problems"), "{shown}");
+}
+
+#[test]
+fn describe_mentions_lease_health_quorum_on_minority_and_name() {
+    let fx = Fixture::new();
+    let text = describe(&fx.valid(BASE));
+    assert!(text.contains("lease 2s"), "{text}");
+    assert!(text.contains("health quorum: majority"), "{text}");
+    assert!(text.contains("outside the majority: servfail"), "{text}");
+    assert!(text.contains("cluster name svc.example."), "{text}");
+
+    let config = fx.valid(&base_with(&[
+        (
+            "secret_file = ",
+            "name = \"prod-eu\"\nlease = \"3s\"\nhealth_quorum = \"leader\"\nsecret_file = ",
+        ),
+        (
+            "zone = \"svc.example.\"",
+            "zone = \"svc.example.\"\non_minority = \"stale\"",
+        ),
+    ]));
+    let text = describe(&config);
+    assert!(text.contains("lease 3s"), "{text}");
+    assert!(text.contains("health quorum: leader"), "{text}");
+    assert!(text.contains("outside the majority: stale"), "{text}");
+    assert!(text.contains("cluster name prod-eu"), "{text}");
+}
