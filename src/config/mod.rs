@@ -689,7 +689,9 @@ impl Validator {
         }
 
         let lease = self.duration("cluster.lease", &raw.lease);
-        if parsed(&raw.lease) && parsed(&raw.heartbeat) && lease <= heartbeat * 2 {
+        // Twice a huge heartbeat overflows a Duration: no lease outlasts it.
+        let too_short = heartbeat.checked_mul(2).is_none_or(|two| lease <= two);
+        if parsed(&raw.lease) && parsed(&raw.heartbeat) && too_short {
             self.problem(
                 "cluster.lease",
                 quoted(&raw.lease),

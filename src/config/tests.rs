@@ -1686,3 +1686,22 @@ fn describe_mentions_lease_health_quorum_on_minority_and_name() {
     assert!(text.contains("outside the majority: stale"), "{text}");
     assert!(text.contains("cluster name prod-eu"), "{text}");
 }
+#[test]
+fn huge_heartbeat_is_reported_not_a_panic() {
+    // Twice this heartbeat does not fit in a Duration; validation must say
+    // the lease is too short rather than overflow.
+    let fx = Fixture::new();
+    let (problems, shown) = fx.invalid(&with_cluster("heartbeat = \"10000000000000000000s\""));
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["cluster.election_timeout_min", "cluster.lease"],
+        "{shown}"
+    );
+    assert_problem(
+        &problems[1],
+        "cluster.lease",
+        "\"2s\"",
+        "must be longer than two heartbeats",
+    );
+}
