@@ -713,14 +713,21 @@ impl Validator {
                 HealthQuorum::Majority
             }
         };
-        let name = raw.name.unwrap_or_default();
-        if !name.is_empty() && !name.chars().all(|c| c.is_ascii_graphic()) {
-            self.problem(
-                "cluster.name",
-                quoted(&name),
-                "expected printable ASCII without spaces, like \"prod-eu\"",
-            );
-        }
+        // Empty stands for "not written" until `from_raw` fills in the zone;
+        // a name written as "" is a mistake, not a request for the default.
+        let name = match raw.name {
+            None => String::new(),
+            Some(name) => {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+                    self.problem(
+                        "cluster.name",
+                        quoted(&name),
+                        "expected printable ASCII without spaces, like \"prod-eu\" (leave the key out to use the DNS zone)",
+                    );
+                }
+                name
+            }
+        };
 
         if raw.nodes.is_empty() {
             self.problem(

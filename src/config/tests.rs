@@ -1686,6 +1686,7 @@ fn describe_mentions_lease_health_quorum_on_minority_and_name() {
     assert!(text.contains("outside the majority: stale"), "{text}");
     assert!(text.contains("cluster name prod-eu"), "{text}");
 }
+
 #[test]
 fn huge_heartbeat_is_reported_not_a_panic() {
     // Twice this heartbeat does not fit in a Duration; validation must say
@@ -1704,4 +1705,18 @@ fn huge_heartbeat_is_reported_not_a_panic() {
         "\"2s\"",
         "must be longer than two heartbeats",
     );
+}
+
+#[test]
+fn empty_cluster_name_is_rejected() {
+    // Written but empty is a mistake, not a request for the default: the
+    // default comes from leaving the key out.
+    let fx = Fixture::new();
+    let problem = fx.single_problem(
+        &with_cluster("name = \"\""),
+        "cluster.name",
+        "\"\"",
+        "printable ASCII without spaces",
+    );
+    assert!(problem.message.contains("leave the key out"), "{problem}");
 }
