@@ -11,6 +11,7 @@
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 
+pub mod api;
 pub mod cluster;
 pub mod config;
 pub mod dns;

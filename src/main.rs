@@ -85,7 +85,7 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     // hickory logs two INFO lines per query; keep its warnings only.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,openraft=warn")
+        EnvFilter::new("info,hickory_server=warn,hickory_proto=warn,openraft=error")
     });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()

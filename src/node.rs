@@ -4,9 +4,9 @@
 //! [`Node::bind`] does everything that can fail because of the config or the
 //! machine (data dir, database, sockets) before anything serves, so a bad
 //! config stops the node before it listens. [`Node::run`] then serves until
-//! the cancellation token fires and stops every part in order: probes and the
-//! decision loop first, then DNS, then Raft (whose store is flushed on every
-//! write).
+//! the cancellation token fires and stops every part in order: probes,
+//! observations and decisions first, then the API and DNS, then the cluster
+//! transport and Raft (whose store is flushed on every write).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +18,25 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::api::{self, ApiState};
+use crate::cluster::transport::Links;
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OnMinority};
 use crate::dns::{self, ZoneView};
 use crate::engine;
-use crate::health::{Checker, HealthError, LocalHealth};
+use crate::health::{Checker, HealthError, Probe};
 use crate::model::{AppliedState, ApplyOutcome, UnixMillis};
 
 /// How often the leader re-evaluates even when no verdict changed, so a
 /// failback delay that elapses is acted on without waiting for a probe.
-const DECIDE_TICK: Duration = Duration::from_millis(250);
+const DECIDE_TICK: Duration = Duration::from_millis(100);
+
+/// How often the lease is re-checked, which bounds how late a node that
+/// loses the majority stops answering (on top of the lease itself).
+const LEASE_TICK: Duration = Duration::from_millis(25);
+
+/// How long the HTTP servers may take to finish requests in flight at shutdown.
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -46,26 +55,28 @@ pub enum NodeError {
     },
     #[error("DNS server failed: {0}")]
     Dns(#[from] dns::DnsError),
-    #[error("DNS server stopped unexpectedly: {0}")]
-    DnsStopped(String),
+    #[error("{0} stopped unexpectedly")]
+    Stopped(&'static str),
 }
 
-/// A node whose sockets are bound and whose store is open, ready to run.
-pub struct Node {
-    config: Arc<Config>,
-    cluster: Cluster,
-    checker: Checker,
-    health: watch::Receiver<LocalHealth>,
-    dns_udp: UdpSocket,
-    dns_tcp: TcpListener,
+/// The sockets a node serves on, already bound.
+pub struct Sockets {
+    pub rpc: TcpListener,
+    pub api: TcpListener,
+    pub dns_udp: UdpSocket,
+    pub dns_tcp: TcpListener,
 }
 
-impl Node {
-    /// Opens node `id`'s store, starts its Raft member and binds its DNS
-    /// sockets (port 0 binds any free port; see [`Node::dns_addr`]).
-    pub async fn bind(config: Config, id: u64) -> Result<Node, NodeError> {
+impl Sockets {
+    /// Binds node `id`'s addresses from the config (port 0 binds a free
+    /// port; DNS TCP then takes the same port as DNS UDP).
+    pub async fn bind(config: &Config, id: u64) -> Result<Sockets, NodeError> {
         let me = config.node(id)?.clone();
-        let (checker, health) = Checker::new(&config)?;
+        let bind_tcp = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { what, addr, source })
+        };
         let dns_udp = UdpSocket::bind(me.dns)
             .await
             .map_err(|source| NodeError::Bind {
@@ -73,35 +84,80 @@ impl Node {
                 addr: me.dns,
                 source,
             })?;
-        // TCP on the same port as UDP, also when the config asked for port 0.
-        let tcp_addr = dns_udp.local_addr().map_err(|source| NodeError::Bind {
+        let dns_addr = dns_udp.local_addr().map_err(|source| NodeError::Bind {
             what: "DNS (UDP)",
             addr: me.dns,
             source,
         })?;
-        let dns_tcp = TcpListener::bind(tcp_addr)
-            .await
-            .map_err(|source| NodeError::Bind {
-                what: "DNS (TCP)",
-                addr: tcp_addr,
-                source,
-            })?;
-        let cluster = Cluster::start(&config, id).await?;
+        Ok(Sockets {
+            dns_tcp: bind_tcp("DNS (TCP)", dns_addr).await?,
+            dns_udp,
+            rpc: bind_tcp("cluster RPC", me.rpc).await?,
+            api: bind_tcp("HTTP API", me.api).await?,
+        })
+    }
+}
+
+/// Test hooks: a network the test can cut, and probes it controls.
+#[derive(Default)]
+pub struct Options {
+    pub links: Option<Arc<Links>>,
+    /// Replaces the configured probes, per service name.
+    pub probes: Option<Vec<(String, Arc<dyn Probe>)>>,
+}
+
+/// A node whose sockets are bound and whose store is open, ready to run.
+pub struct Node {
+    config: Arc<Config>,
+    cluster: Cluster,
+    checker: Checker,
+    health: watch::Receiver<crate::health::LocalHealth>,
+    sockets: Sockets,
+}
+
+impl Node {
+    /// Binds node `id`'s sockets from the config and opens its store.
+    pub async fn bind(config: Config, id: u64) -> Result<Node, NodeError> {
+        let sockets = Sockets::bind(&config, id).await?;
+        Node::new(config, id, sockets, Options::default()).await
+    }
+
+    /// Builds node `id` on already-bound sockets.
+    pub async fn new(
+        config: Config,
+        id: u64,
+        sockets: Sockets,
+        options: Options,
+    ) -> Result<Node, NodeError> {
+        config.node(id)?;
+        let (checker, health) = match options.probes {
+            Some(probes) => Checker::with_probes(&config, probes, id)?,
+            None => Checker::new(&config)?,
+        };
+        let config = Arc::new(config);
+        let cluster = Cluster::start(config.clone(), id, options.links).await?;
         Ok(Node {
-            config: Arc::new(config),
+            config,
             cluster,
             checker,
             health,
-            dns_udp,
-            dns_tcp,
+            sockets,
         })
     }
 
     /// The address DNS is served on (UDP and TCP).
     pub fn dns_addr(&self) -> SocketAddr {
-        self.dns_udp
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        local_addr(self.sockets.dns_udp.local_addr())
+    }
+
+    /// The address of the HTTP API.
+    pub fn api_addr(&self) -> SocketAddr {
+        local_addr(self.sockets.api.local_addr())
+    }
+
+    /// The cluster handle (for tests and status).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
     }
 
     /// Serves until `cancel` fires, then stops every part.
@@ -111,56 +167,89 @@ impl Node {
             cluster,
             checker,
             health,
-            dns_udp,
-            dns_tcp,
+            sockets,
         } = self;
         info!(
             node = cluster.id(),
-            dns = %dns_udp.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            dns = %local_addr(sockets.dns_udp.local_addr()),
+            rpc = %local_addr(sockets.rpc.local_addr()),
+            api = %local_addr(sockets.api.local_addr()),
             zone = %config.dns.zone,
             services = config.services.len(),
             "highlander node started"
         );
 
-        // Parts that stop first: probes and decisions.
-        let work = cancel.child_token();
-        let mut tasks = JoinSet::new();
-        tasks.spawn(checker.run(work.clone()));
-        tasks.spawn(decide_loop(
-            config.clone(),
-            cluster.clone(),
-            health,
-            work.clone(),
+        let servers = CancellationToken::new();
+        let mut server_tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
+        server_tasks.spawn(serve_http(
+            "cluster RPC",
+            sockets.rpc,
+            cluster.router(),
+            servers.clone(),
+        ));
+        server_tasks.spawn(serve_http(
+            "HTTP API",
+            sockets.api,
+            api::router(ApiState {
+                config: config.clone(),
+                cluster: cluster.clone(),
+            }),
+            servers.clone(),
         ));
 
         let (zone_tx, zone_rx) = watch::channel(Arc::new(ZoneView::build(
             &config,
             &cluster.applied().borrow(),
-            true,
+            answering(&config, &cluster),
         )));
+        let dns_stop = servers.clone();
+        server_tasks.spawn(async move {
+            let result = dns::serve(sockets.dns_udp, sockets.dns_tcp, zone_rx, dns_stop).await;
+            ("DNS", result.map_err(NodeError::from))
+        });
+
+        // Parts that stop first: probes, observations, decisions.
+        let work = cancel.child_token();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(checker.run(work.clone()));
+        {
+            let cluster = cluster.clone();
+            let work = work.clone();
+            let health = health.clone();
+            tasks.spawn(async move { cluster.share_observations(health, work).await });
+        }
+        {
+            let cluster = cluster.clone();
+            let work = work.clone();
+            tasks.spawn(async move { cluster.bootstrap(work).await });
+        }
+        tasks.spawn(decide_loop(config.clone(), cluster.clone(), work.clone()));
         tasks.spawn(publish_zone(
             config.clone(),
-            cluster.applied(),
+            cluster.clone(),
             zone_tx,
             work.clone(),
         ));
-        let dns_stop = CancellationToken::new();
-        let mut dns_task = tokio::spawn(dns::serve(dns_udp, dns_tcp, zone_rx, dns_stop.clone()));
 
         let failure = tokio::select! {
             _ = cancel.cancelled() => None,
-            result = &mut dns_task => Some(match result {
-                Ok(Ok(())) => NodeError::DnsStopped("it returned".into()),
-                Ok(Err(e)) => NodeError::Dns(e),
-                Err(join) => NodeError::DnsStopped(join.to_string()),
+            Some(ended) = server_tasks.join_next() => Some(match ended {
+                Ok((_, Err(e))) => e,
+                Ok((what, Ok(()))) => NodeError::Stopped(what),
+                Err(_) => NodeError::Stopped("a server task"),
             }),
         };
 
         work.cancel();
         while tasks.join_next().await.is_some() {}
-        dns_stop.cancel();
-        if failure.is_none() {
-            let _ = dns_task.await;
+        servers.cancel();
+        let drained = tokio::time::timeout(DRAIN * 2, async {
+            while server_tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("servers did not stop in time; aborting them");
+            server_tasks.abort_all();
         }
         cluster.shutdown().await;
         match failure {
@@ -170,45 +259,99 @@ impl Node {
     }
 }
 
-/// Rebuilds the DNS view on every applied change.
+fn local_addr(addr: std::io::Result<SocketAddr>) -> SocketAddr {
+    addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Serves `router` on `listener` until `stop`, then drains for [`DRAIN`].
+async fn serve_http(
+    what: &'static str,
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> (&'static str, Result<(), NodeError>) {
+    let addr = local_addr(listener.local_addr());
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, service)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    (
+        what,
+        result.map_err(|source| NodeError::Bind { what, addr, source }),
+    )
+}
+
+/// Whether DNS answers service names: in the majority, or configured to
+/// serve stale answers outside it.
+fn answering(config: &Config, cluster: &Cluster) -> bool {
+    config.dns.on_minority == OnMinority::Stale || cluster.in_majority()
+}
+
+/// Rebuilds the DNS view on every applied change and whenever the node
+/// enters or leaves the majority.
 async fn publish_zone(
     config: Arc<Config>,
-    mut applied: watch::Receiver<Arc<AppliedState>>,
+    cluster: Cluster,
     zone: watch::Sender<Arc<ZoneView>>,
     cancel: CancellationToken,
 ) {
+    let mut applied = cluster.applied();
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_answering = answering(&config, &cluster);
     loop {
-        tokio::select! {
+        let state_changed = tokio::select! {
             _ = cancel.cancelled() => return,
-            changed = applied.changed() => if changed.is_err() { return },
+            changed = applied.changed() => {
+                if changed.is_err() { return }
+                true
+            }
+            _ = tick.tick() => false,
+        };
+        let now_answering = answering(&config, &cluster);
+        if !state_changed && now_answering == was_answering {
+            continue;
         }
-        let state = applied.borrow_and_update().clone();
-        zone.send_replace(Arc::new(ZoneView::build(&config, &state, true)));
+        if now_answering != was_answering {
+            if now_answering {
+                info!("in contact with a quorum-holding leader: answering service names");
+            } else {
+                warn!(lease = ?config.cluster.lease, "no quorum-holding leader within the lease: answering SERVFAIL for service names");
+            }
+        }
+        was_answering = now_answering;
+        let state: Arc<AppliedState> = applied.borrow_and_update().clone();
+        zone.send_replace(Arc::new(ZoneView::build(&config, &state, now_answering)));
     }
 }
 
-/// While this node is the acting leader, turns health into decisions and
-/// proposes them through Raft.
-async fn decide_loop(
-    config: Arc<Config>,
-    cluster: Cluster,
-    mut health: watch::Receiver<LocalHealth>,
-    cancel: CancellationToken,
-) {
+/// While this node is the acting leader, turns the quorum health view into
+/// decisions and proposes them through Raft.
+async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: CancellationToken) {
     let mut applied = cluster.applied();
     let mut tick = tokio::time::interval(DECIDE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_leader = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
-            changed = health.changed() => if changed.is_err() { return },
             changed = applied.changed() => if changed.is_err() { return },
         }
-        if !cluster.is_acting_leader() {
+        let leader = cluster.is_acting_leader();
+        if leader != was_leader {
+            let (_, term, _) = cluster.role();
+            if leader {
+                info!(term, "gained leadership: deciding");
+            } else {
+                info!(term, "lost leadership (or its quorum): no longer deciding");
+            }
+            was_leader = leader;
+        }
+        if !leader {
             continue;
         }
-        let view = health.borrow_and_update().view(tokio::time::Instant::now());
+        let view = cluster.health_view();
         let state = applied.borrow_and_update().clone();
         for command in engine::decide(&config, &state.state, &view, unix_now()) {
             let description = command.to_string();

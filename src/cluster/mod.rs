@@ -1,35 +1,46 @@
-//! The replicated log: openraft wiring, the durable store, and the answer to
-//! "may this node act as the leader right now".
+//! The replicated log and everything about the cluster: openraft wiring, the
+//! durable store, the transport between nodes, the health-observation
+//! exchange, and the answers to "may this node act as the leader right now"
+//! and "is this node in contact with a quorum".
+//!
+//! Every node probes every instance and shares its verdicts with every other
+//! node ([`Cluster::share_observations`]), so each node holds the same
+//! [`quorum::QuorumView`] and a new leader decides from a complete view at once.
 //!
 //! Every change of state is a [`Command`] proposed through Raft and applied by
 //! [`store::StateMachine`] on every node in log order; nothing else writes the
 //! state. The applied state is published as an immutable [`AppliedState`]
 //! snapshot on a `watch` channel that DNS and the API read without locks.
 //!
-//! A cluster of one node is a one-member Raft cluster, not a shortcut: the
-//! same log, vote and state machine, initialised by the node itself.
-//! Multi-node membership needs the cluster transport; until it exists
-//! [`Cluster::start`] refuses a config with more than one node rather than
-//! pretending to be highly available.
+//! Two clocks guard the invariants, because an isolated openraft 0.9 leader
+//! keeps reporting `Leader` forever:
+//! - **acting leader** (S2): the Raft leader whose last quorum acknowledgement
+//!   is younger than `election_timeout_max − 2 × heartbeat`, so no other node
+//!   can have been elected meanwhile;
+//! - **lease** (S3): a node answers service names only while it has heard
+//!   from a quorum-holding leader (or, as leader, from a quorum) within
+//!   `cluster.lease`.
 
+pub mod auth;
+pub mod quorum;
 pub mod store;
+pub mod transport;
 
-use std::collections::BTreeMap;
-use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{BasicNode, Raft, ServerState};
+use openraft::{Raft, ServerState};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::model::{AppliedState, ApplyOutcome, Command};
+use crate::health::LocalHealth;
+use crate::model::{AppliedState, ApplyOutcome, Command, HealthView, Verdict};
+use quorum::{Observations, QuorumView};
+use transport::{Client, Links, SendError};
 
 /// Raft node ids are the `id`s of `[[cluster.nodes]]`.
 pub type NodeId = u64;
@@ -40,13 +51,18 @@ openraft::declare_raft_types!(
         D = Command,
         R = ApplyOutcome,
         NodeId = NodeId,
-        Node = BasicNode,
-        SnapshotData = Cursor<Vec<u8>>,
+        Node = openraft::BasicNode,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
 );
 
 /// How long a proposal may wait for its commit before it is abandoned. An
 /// isolated openraft leader never resolves `client_write` by itself.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a node that is not the lowest id waits before initialising the
+/// cluster itself (only if nobody else did): long enough for the lowest id's
+/// first heartbeat to arrive, so a late node never deposes a fresh leader.
+const BOOTSTRAP_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the cluster could not start or a proposal failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,48 +75,68 @@ pub enum ClusterError {
     Timing(#[from] openraft::ConfigError),
     #[error("cannot start Raft: {0}")]
     Start(String),
-    #[error(
-        "config file {file} lists {count} nodes; this build of highlander runs single-node clusters only (the cluster transport is not built yet), so list exactly one [[cluster.nodes]]"
-    )]
-    MultiNode { file: String, count: usize },
-    #[error("this node is not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
-    #[error("proposal was not committed within {0:?}")]
-    Timeout(Duration),
-    #[error("proposal failed: {0}")]
-    Proposal(String),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
 }
 
-/// A running Raft member and the state it applies.
+/// Why a proposal did not commit; crosses the network when a follower
+/// forwards a proposal to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no leader is known right now (an election may be under way); retry in a second")]
+    NoLeader,
+    #[error("node {0} is not the leader any more; retry")]
+    NotLeader(NodeId),
+    #[error("the proposal was not committed within {0:?}: the leader may have lost its quorum")]
+    Timeout(Duration),
+    #[error("the leader could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the proposal failed: {0}")]
+    Failed(String),
+}
+
+/// A running Raft member, its transport client and its view of the cluster.
 #[derive(Clone)]
 pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    id: NodeId,
     /// The openraft handle; shut down by [`Cluster::shutdown`].
     raft: Raft<TypeConfig>,
     /// The latest applied state, replaced on every apply.
     applied: watch::Receiver<Arc<AppliedState>>,
-    /// How stale a leader's quorum acknowledgement may be before the leader
-    /// stops acting (half the minimum election timeout: by then a follower
-    /// that lost contact may be about to campaign).
+    /// Signs and verifies cluster requests.
+    auth: Arc<auth::Authenticator>,
+    client: Client,
+    links: Option<Arc<Links>>,
+    /// Every node's latest health verdicts, as reported to this node.
+    quorum: Mutex<QuorumView>,
+    /// The last moment this node knew a quorum-holding leader (itself
+    /// included) was in charge; the lease counts from here.
+    last_quorum_contact: Mutex<Option<Instant>>,
+    /// How stale the leader's quorum acknowledgement may be while it acts.
     max_ack_age: Duration,
-    id: NodeId,
+    lease: Duration,
     /// The store, watched so that shutdown can wait until openraft's tasks
     /// have let go of it (its state-machine worker outlives `Raft::shutdown`).
     db: std::sync::Weak<redb::Database>,
 }
 
 impl Cluster {
-    /// Opens node `id`'s store under its data dir, starts Raft, and forms the
-    /// cluster if this is its first start.
-    pub async fn start(config: &Config, id: NodeId) -> Result<Cluster, ClusterError> {
-        if config.cluster.nodes.len() > 1 {
-            return Err(ClusterError::MultiNode {
-                file: config.file.display().to_string(),
-                count: config.cluster.nodes.len(),
-            });
-        }
+    /// Opens node `id`'s store under its data dir and starts its Raft member.
+    /// Serve [`Cluster::router`] on the node's `rpc` address, then run
+    /// [`Cluster::bootstrap`] to form the cluster on first start.
+    pub async fn start(
+        config: Arc<Config>,
+        id: NodeId,
+        links: Option<Arc<Links>>,
+    ) -> Result<Cluster, ClusterError> {
         let c = &config.cluster;
         let raft_config = openraft::Config {
-            cluster_name: "highlander".into(),
+            cluster_name: c.name.clone(),
             heartbeat_interval: millis(c.heartbeat),
             election_timeout_min: millis(c.election_timeout_min),
             election_timeout_max: millis(c.election_timeout_max),
@@ -111,83 +147,306 @@ impl Cluster {
         }
         .validate()?;
 
+        let auth = Arc::new(auth::Authenticator::new(&c.name, &c.secret, id));
+        let client = Client::new(auth.clone(), id, links.clone());
         let db = store::open(&config.node_data_dir(id))?;
         let (machine, applied) =
             store::StateMachine::load(db.clone()).map_err(ClusterError::Load)?;
         let weak_db = Arc::downgrade(&db);
         let log = store::LogStore::new(db);
-        let raft = Raft::new(id, Arc::new(raft_config), Network, log, machine)
+        let network = transport::Network {
+            client: client.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
             .await
             .map_err(|e| ClusterError::Start(e.to_string()))?;
 
-        if !raft
-            .is_initialized()
-            .await
-            .map_err(|e| ClusterError::Start(e.to_string()))?
-        {
-            let members: BTreeMap<NodeId, BasicNode> = config
+        let max_ack_age = c
+            .election_timeout_max
+            .saturating_sub(c.heartbeat * 2)
+            .max(c.heartbeat);
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                quorum: Mutex::new(QuorumView::new(&config, id)),
+                lease: c.lease,
+                config,
+                id,
+                raft,
+                applied,
+                auth,
+                client,
+                links,
+                last_quorum_contact: Mutex::new(None),
+                max_ack_age,
+                db: weak_db,
+            }),
+        })
+    }
+
+    /// The cluster endpoints (Raft, observations, forwarded proposals), to
+    /// serve on this node's `rpc` address.
+    pub fn router(&self) -> axum::Router {
+        let contact = self.clone();
+        let observer = self.clone();
+        let proposer = self.clone();
+        transport::router(Arc::new(transport::ServerState {
+            raft: self.inner.raft.clone(),
+            auth: self.inner.auth.clone(),
+            me: self.inner.id,
+            members: self
+                .inner
+                .config
                 .cluster
                 .nodes
                 .iter()
-                .map(|n| (n.id, BasicNode::new(n.rpc.to_string())))
-                .collect();
-            // `NotAllowed` means another start already initialised it: fine.
-            if let Err(e) = raft.initialize(members).await {
-                tracing::debug!(error = %e, "initialize refused; the cluster already exists");
+                .map(|n| n.id)
+                .collect(),
+            links: self.inner.links.clone(),
+            on_leader_contact: Box::new(move || contact.touch(Instant::now())),
+            on_observations: Box::new(move |obs| observer.record(&obs)),
+            propose: Box::new(move |command| {
+                let cluster = proposer.clone();
+                Box::pin(async move { cluster.propose_here(command).await })
+            }),
+        }))
+    }
+
+    /// Forms the cluster on its very first start: the lowest id initialises
+    /// at once; any other node only if, after a grace period, nobody has
+    /// (the lowest may be down). Already-initialised nodes do nothing, so
+    /// restarted and late nodes simply rejoin.
+    pub async fn bootstrap(&self, cancel: CancellationToken) {
+        let raft = &self.inner.raft;
+        let lowest = self.inner.config.cluster.nodes.first().map(|n| n.id);
+        if lowest != Some(self.inner.id) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(BOOTSTRAP_GRACE) => {}
             }
         }
-        Ok(Cluster {
-            raft,
-            applied,
-            max_ack_age: c.election_timeout_min / 2,
-            id,
-            db: weak_db,
-        })
+        match raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether the cluster is initialised");
+                return;
+            }
+        }
+        let members = transport::members(&self.inner.config);
+        info!(members = ?members.keys().collect::<Vec<_>>(), "initialising the cluster");
+        // `NotAllowed` means another node got there first: fine.
+        if let Err(e) = raft.initialize(members).await {
+            debug!(error = %e, "initialise refused; the cluster already exists");
+        }
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.id
+        self.inner.id
     }
 
     /// The applied state, updated after every apply.
     pub fn applied(&self) -> watch::Receiver<Arc<AppliedState>> {
-        self.applied.clone()
+        self.inner.applied.clone()
+    }
+
+    /// openraft's metrics, for status and for watching role changes.
+    pub fn metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, openraft::BasicNode>> {
+        self.inner.raft.metrics()
     }
 
     /// Whether this node may act as the leader now: it is the Raft leader and
-    /// a quorum acknowledged it recently. An isolated openraft leader keeps
-    /// reporting `Leader`, so the role alone is not enough.
+    /// a quorum acknowledged it so recently that no other leader can exist.
     pub fn is_acting_leader(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader || metrics.current_leader != Some(self.id) {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader || metrics.current_leader != Some(self.inner.id) {
             return false;
         }
-        let voters = metrics.membership_config.membership().voter_ids().count();
-        if voters <= 1 {
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
             return true;
         }
         metrics
             .millis_since_quorum_ack
-            .is_some_and(|age| Duration::from_millis(age) < self.max_ack_age)
+            .is_some_and(|age| Duration::from_millis(age) < self.inner.max_ack_age)
+    }
+
+    /// Whether this node is in contact with a quorum-holding leader within
+    /// the lease (S3): only then does it answer service names.
+    pub fn in_majority(&self) -> bool {
+        let now = Instant::now();
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
+            if metrics.membership_config.membership().voter_ids().count() <= 1 {
+                self.touch(now);
+            } else if let Some(age) = metrics.millis_since_quorum_ack {
+                self.touch(now.checked_sub(Duration::from_millis(age)).unwrap_or(now));
+            }
+        }
+        let contact = *self
+            .inner
+            .last_quorum_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        contact.is_some_and(|t| now.saturating_duration_since(t) < self.inner.lease)
+    }
+
+    /// Records contact with a quorum-holding leader at `at`.
+    fn touch(&self, at: Instant) {
+        let mut contact = self
+            .inner
+            .last_quorum_contact
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if contact.is_none_or(|c| c < at) {
+            *contact = Some(at);
+        }
     }
 
     /// Role, term and leader, for status and logs.
     pub fn role(&self) -> (ServerState, u64, Option<NodeId>) {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.inner.raft.metrics().borrow().clone();
         (m.state, m.current_term, m.current_leader)
     }
 
-    /// Proposes `command` and waits until it is committed and applied here.
+    /// Records a node's health observations.
+    pub fn record(&self, observations: &Observations) {
+        let ignored = self
+            .inner
+            .quorum
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(observations, Instant::now());
+        if !ignored.is_empty() {
+            // A peer with a different config: worth seeing, but it repeats every interval.
+            debug!(node = observations.node, %ignored, "ignored part of a peer's observations");
+        }
+    }
+
+    /// The health view the leader decides from (majority or leader quorum).
+    pub fn health_view(&self) -> HealthView {
+        self.inner
+            .quorum
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .view(Instant::now())
+    }
+
+    /// Each configured node's latest verdict on `instance` of `service`.
+    pub fn verdicts(&self, service: &str, instance: &str) -> Vec<(NodeId, Verdict)> {
+        self.inner
+            .quorum
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .per_node(service, instance, Instant::now())
+    }
+
+    /// Sends this node's verdicts to every node (itself included) on every
+    /// change and at least once per check interval, until cancelled.
+    pub async fn share_observations(
+        &self,
+        mut health: watch::Receiver<LocalHealth>,
+        cancel: CancellationToken,
+    ) {
+        let period = self
+            .inner
+            .config
+            .services
+            .iter()
+            .map(|s| s.check.interval)
+            .min()
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+                changed = health.changed() => if changed.is_err() { return },
+            }
+            let observations = Observations::from_local(self.inner.id, &health.borrow_and_update());
+            self.record(&observations);
+            let sends = self
+                .inner
+                .config
+                .cluster
+                .nodes
+                .iter()
+                .filter(|n| n.id != self.inner.id)
+                .map(|peer| {
+                    let client = &self.inner.client;
+                    let observations = &observations;
+                    async move {
+                        let addr = peer.rpc.to_string();
+                        let sent: Result<(), SendError> = client
+                            .post(
+                                peer.id,
+                                &addr,
+                                transport::path::OBSERVE,
+                                observations,
+                                period,
+                            )
+                            .await;
+                        match sent {
+                            Ok(()) => {}
+                            Err(e @ SendError::Refused { .. }) => {
+                                warn!(error = %e, "a peer refused our health observations")
+                            }
+                            Err(e) => debug!(error = %e, "cannot send health observations"),
+                        }
+                    }
+                });
+            futures::future::join_all(sends).await;
+        }
+    }
+
+    /// Proposes `command` through the leader (forwarding it if this node is
+    /// a follower) and waits until it is committed.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, ClusterError> {
-        match tokio::time::timeout(PROPOSAL_TIMEOUT, self.raft.client_write(command)).await {
-            Err(_) => Err(ClusterError::Timeout(PROPOSAL_TIMEOUT)),
+        match self.propose_here(command.clone()).await {
+            Err(ForwardError::NotLeader(leader)) if leader != self.inner.id => {
+                let Some(node) = self
+                    .inner
+                    .config
+                    .cluster
+                    .nodes
+                    .iter()
+                    .find(|n| n.id == leader)
+                else {
+                    return Err(ForwardError::NoLeader.into());
+                };
+                let answer: Result<Result<ApplyOutcome, ForwardError>, SendError> = self
+                    .inner
+                    .client
+                    .post(
+                        leader,
+                        &node.rpc.to_string(),
+                        transport::path::PROPOSE,
+                        &command,
+                        PROPOSAL_TIMEOUT,
+                    )
+                    .await;
+                match answer {
+                    Ok(result) => Ok(result?),
+                    Err(e) => Err(ForwardError::Unreachable(e.to_string()).into()),
+                }
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// Proposes `command` on this node, which must be the leader.
+    async fn propose_here(&self, command: Command) -> Result<ApplyOutcome, ForwardError> {
+        let write = self.inner.raft.client_write(command);
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, write).await {
+            Err(_) => Err(ForwardError::Timeout(PROPOSAL_TIMEOUT)),
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => match e.forward_to_leader() {
-                Some(forward) => Err(ClusterError::NotLeader {
-                    leader: forward.leader_id,
-                }),
-                None => Err(ClusterError::Proposal(e.to_string())),
+                Some(forward) => match forward.leader_id {
+                    Some(leader) => Err(ForwardError::NotLeader(leader)),
+                    None => Err(ForwardError::NoLeader),
+                },
+                None => Err(ForwardError::Failed(e.to_string())),
             },
         }
     }
@@ -196,13 +455,13 @@ impl Cluster {
     /// the same data dir can be opened again at once. The store is flushed on
     /// every write, so nothing is lost either way.
     pub async fn shutdown(&self) {
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        if let Err(e) = self.inner.raft.shutdown().await {
+            warn!(error = %e, "raft did not shut down cleanly");
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while self.db.strong_count() > 0 {
-            if tokio::time::Instant::now() > deadline {
-                tracing::warn!("the Raft store is still open one second after shutdown");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.inner.db.strong_count() > 0 {
+            if Instant::now() > deadline {
+                warn!("the Raft store is still open one second after shutdown");
                 break;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -212,53 +471,4 @@ impl Cluster {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The Raft transport. A one-member cluster never sends an RPC; every peer is
-/// reported unreachable until the cluster transport is built.
-struct Network;
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Network;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Network {
-        Network
-    }
-}
-
-fn unreachable<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-        "no cluster transport in a single-node build",
-    )))
-}
-
-impl RaftNetwork<TypeConfig> for Network {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(unreachable())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(unreachable())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(RPCError::Network(NetworkError::new(
-            &std::io::Error::other("no cluster transport in a single-node build"),
-        )))
-    }
 }
