@@ -12,6 +12,7 @@
 //! [`Cluster::start`] refuses a config with more than one node rather than
 //! pretending to be highly available.
 
+pub mod quorum;
 pub mod store;
 
 use std::collections::BTreeMap;
