@@ -325,3 +325,425 @@ impl InstanceQuorum {
         InstanceHealth::new(verdict, now.saturating_duration_since(since))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config with nodes `ids` (written in the given order), whose
+    /// `health_quorum` is `quorum`, and two services: `db` (db1, db2) checked
+    /// every second, so its reports go stale after 4 s, and `web` (web1)
+    /// checked every 2 s, stale after 7 s.
+    fn config(ids: &[u64], quorum: &str) -> Config {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("secret"), "0123456789abcdef0123").expect("write secret");
+        let mut text =
+            format!("[cluster]\nsecret_file = \"secret\"\nhealth_quorum = \"{quorum}\"\n");
+        for id in ids {
+            text.push_str(&format!(
+                "[[cluster.nodes]]\nid = {id}\nrpc = \"127.0.0.1:{}\"\ndns = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n",
+                7100 + id,
+                5300 + id,
+                8100 + id
+            ));
+        }
+        text.push_str(
+            r#"
+[dns]
+zone = "svc.example."
+
+[[services]]
+name = "db"
+[services.check]
+kind = "tcp"
+interval = "1s"
+timeout = "500ms"
+[[services.instances]]
+name = "db1"
+address = "10.0.0.11:5432"
+a = "10.0.0.11"
+[[services.instances]]
+name = "db2"
+address = "10.0.0.12:5432"
+a = "10.0.0.12"
+
+[[services]]
+name = "web"
+[services.check]
+kind = "tcp"
+interval = "2s"
+timeout = "500ms"
+[[services.instances]]
+name = "web1"
+address = "10.0.0.21:80"
+a = "10.0.0.21"
+"#,
+        );
+        Config::parse(&dir.path().join("highlander.toml"), &text).expect("valid config")
+    }
+
+    fn three_nodes() -> Config {
+        config(&[1, 2, 3], "majority")
+    }
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    /// Node `node`'s report with one verdict per `(service, instance, verdict)`.
+    fn report(node: u64, verdicts: &[(&str, &str, Verdict)]) -> Observations {
+        Observations {
+            node,
+            verdicts: verdicts
+                .iter()
+                .map(|&(service, instance, verdict)| ObservedVerdict {
+                    service: service.into(),
+                    instance: instance.into(),
+                    verdict,
+                })
+                .collect(),
+        }
+    }
+
+    /// Node `node` says `verdict` about db/db1, at `at`.
+    fn db1(view: &mut QuorumView, node: u64, verdict: Verdict, at: Instant) {
+        let ignored = view.record(&report(node, &[("db", "db1", verdict)]), at);
+        assert!(ignored.is_empty(), "nothing ignored, got {ignored:?}");
+    }
+
+    fn db1_verdict(view: &mut QuorumView, now: Instant) -> Verdict {
+        view.view(now).get("db", "db1").verdict
+    }
+
+    #[test]
+    fn three_nodes_two_down_is_down() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 1, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+        db1(&mut view, 2, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Down);
+    }
+
+    #[test]
+    fn three_nodes_one_down_one_up_one_silent_is_unknown() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 1, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Up, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+    }
+
+    #[test]
+    fn three_nodes_two_up_is_up() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 2, Verdict::Up, t0);
+        db1(&mut view, 3, Verdict::Up, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Up);
+        // The third node disagreeing does not outvote two.
+        db1(&mut view, 1, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Up);
+    }
+
+    #[test]
+    fn majority_counts_configured_nodes_not_reporting_ones() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        // One of one reporter is all of the reports but not a majority of three.
+        db1(&mut view, 1, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Unknown, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+    }
+
+    #[test]
+    fn only_the_leader_reporting_down_is_unknown_by_majority_but_down_by_leader() {
+        let t0 = Instant::now();
+        let mut majority = QuorumView::new(&three_nodes(), 1);
+        db1(&mut majority, 1, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut majority, t0), Verdict::Unknown);
+
+        let mut leader = QuorumView::new(&config(&[1, 2, 3], "leader"), 1);
+        db1(&mut leader, 1, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut leader, t0), Verdict::Down);
+    }
+
+    #[test]
+    fn leader_mode_counts_the_leader_alone() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&config(&[1, 2, 3], "leader"), 2);
+        db1(&mut view, 1, Verdict::Up, t0);
+        db1(&mut view, 3, Verdict::Up, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+        db1(&mut view, 2, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Down);
+        // The leader's own report goes stale like anyone's (db: 4 s).
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4000)), Verdict::Down);
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4001)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn only_the_leader_cannot_reach_the_active_instance() {
+        // The case the prototype got wrong: the leader's own path to db1 is
+        // broken while the followers reach it fine.
+        let t0 = Instant::now();
+        let asymmetric = |view: &mut QuorumView| {
+            db1(view, 1, Verdict::Down, t0);
+            db1(view, 2, Verdict::Up, t0);
+            db1(view, 3, Verdict::Up, t0);
+        };
+        let mut majority = QuorumView::new(&three_nodes(), 1);
+        asymmetric(&mut majority);
+        assert_eq!(db1_verdict(&mut majority, t0), Verdict::Up);
+
+        let mut leader = QuorumView::new(&config(&[1, 2, 3], "leader"), 1);
+        asymmetric(&mut leader);
+        assert_eq!(db1_verdict(&mut leader, t0), Verdict::Down);
+    }
+
+    #[test]
+    fn five_nodes_need_three() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&config(&[1, 2, 3, 4, 5], "majority"), 1);
+        assert_eq!(view.majority(), 3);
+        db1(&mut view, 1, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Down, t0);
+        db1(&mut view, 4, Verdict::Up, t0);
+        db1(&mut view, 5, Verdict::Up, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+        db1(&mut view, 3, Verdict::Down, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Down);
+    }
+
+    #[test]
+    fn even_cluster_needs_more_than_half() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&config(&[1, 2, 3, 4], "majority"), 1);
+        assert_eq!(view.majority(), 3);
+        db1(&mut view, 1, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Down, t0);
+        db1(&mut view, 3, Verdict::Up, t0);
+        db1(&mut view, 4, Verdict::Up, t0);
+        assert_eq!(db1_verdict(&mut view, t0), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_stale_verdict_is_unknown_exactly_after_the_bound_until_a_fresh_report() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 1, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Down, t0 + ms(500));
+        // db is checked every 1 s: 3 × 1 s + 1 s margin = 4 s.
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4000)), Verdict::Down);
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4001)), Verdict::Unknown);
+        assert_eq!(
+            view.per_node("db", "db1", t0 + ms(4001)),
+            vec![
+                (1, Verdict::Unknown),
+                (2, Verdict::Down),
+                (3, Verdict::Unknown)
+            ]
+        );
+        db1(&mut view, 1, Verdict::Down, t0 + ms(4200));
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4200)), Verdict::Down);
+        // Now node 2's report, received at 0.5 s, is the one to expire.
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4500)), Verdict::Down);
+        assert_eq!(db1_verdict(&mut view, t0 + ms(4501)), Verdict::Unknown);
+    }
+
+    #[test]
+    fn staleness_follows_each_services_interval() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        for node in [1, 2] {
+            view.record(
+                &report(
+                    node,
+                    &[("db", "db1", Verdict::Up), ("web", "web1", Verdict::Up)],
+                ),
+                t0,
+            );
+        }
+        // web is checked every 2 s: 3 × 2 s + 1 s = 7 s; db goes stale at 4 s.
+        let later = view.view(t0 + ms(7000));
+        assert_eq!(later.get("db", "db1").verdict, Verdict::Unknown);
+        assert_eq!(later.get("web", "web1").verdict, Verdict::Up);
+        let stale = view.view(t0 + ms(7001));
+        assert_eq!(stale.get("web", "web1").verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn held_for_counts_from_the_change_and_restarts_on_a_flip() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 1, Verdict::Up, t0);
+        db1(&mut view, 2, Verdict::Up, t0 + ms(300));
+        // Up since node 2's report at 0.3 s, not since node 1's.
+        let health = view.view(t0 + ms(300)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Up, Duration::ZERO));
+        // Fresh reports that keep it up do not restart the clock.
+        for at in [1000, 2000, 3000] {
+            db1(&mut view, 1, Verdict::Up, t0 + ms(at));
+            db1(&mut view, 2, Verdict::Up, t0 + ms(at));
+        }
+        let health = view.view(t0 + ms(3300)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Up, ms(3000)));
+        // One node changing its mind makes it unknown from that report on.
+        db1(&mut view, 2, Verdict::Down, t0 + ms(3500));
+        let health = view.view(t0 + ms(3700)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Unknown, ms(200)));
+        // A majority down: down, counted from the report that made it so.
+        db1(&mut view, 3, Verdict::Down, t0 + ms(3800));
+        let health = view.view(t0 + ms(5000)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Down, ms(1200)));
+    }
+
+    #[test]
+    fn held_for_of_a_stale_change_counts_from_the_view_that_saw_it() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 1, Verdict::Up, t0);
+        db1(&mut view, 2, Verdict::Up, t0);
+        // No report marks the moment a verdict expires; the view notices it.
+        let health = view.view(t0 + ms(6000)).get("db", "db1");
+        assert_eq!(
+            health,
+            InstanceHealth::new(Verdict::Unknown, Duration::ZERO)
+        );
+        let health = view.view(t0 + ms(6500)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Unknown, ms(500)));
+    }
+
+    #[test]
+    fn a_new_view_starts_unknown_and_counts_held_for_from_its_first_sight() {
+        // A new leader builds a new view: the nodes may have agreed for
+        // minutes, but this view only knows from when it hears them.
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        let empty = view.view(t0);
+        for instance in ["db1", "db2"] {
+            assert_eq!(empty.get("db", instance).verdict, Verdict::Unknown);
+        }
+        db1(&mut view, 2, Verdict::Up, t0 + ms(10_000));
+        db1(&mut view, 3, Verdict::Up, t0 + ms(10_000));
+        let health = view.view(t0 + ms(10_250)).get("db", "db1");
+        assert_eq!(health, InstanceHealth::new(Verdict::Up, ms(250)));
+    }
+
+    #[test]
+    fn a_node_reporting_twice_counts_once_and_its_latest_verdict_wins() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        db1(&mut view, 2, Verdict::Down, t0);
+        db1(&mut view, 2, Verdict::Down, t0 + ms(100));
+        assert_eq!(db1_verdict(&mut view, t0 + ms(100)), Verdict::Unknown);
+        db1(&mut view, 3, Verdict::Down, t0 + ms(200));
+        assert_eq!(db1_verdict(&mut view, t0 + ms(200)), Verdict::Down);
+        db1(&mut view, 2, Verdict::Up, t0 + ms(300));
+        assert_eq!(db1_verdict(&mut view, t0 + ms(300)), Verdict::Unknown);
+        assert_eq!(
+            view.per_node("db", "db1", t0 + ms(300)),
+            vec![(1, Verdict::Unknown), (2, Verdict::Up), (3, Verdict::Down)]
+        );
+    }
+
+    #[test]
+    fn unknown_nodes_services_and_instances_are_ignored() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        let stranger = report(9, &[("db", "db1", Verdict::Down)]);
+        let ignored = view.record(&stranger, t0);
+        assert_eq!(ignored.unknown_node, Some(9));
+        assert!(!ignored.is_empty());
+        assert_eq!(
+            ignored.to_string(),
+            "node 9 is not in the config; its report was ignored"
+        );
+
+        let mixed = report(
+            1,
+            &[
+                ("db", "db1", Verdict::Down),
+                ("db", "db9", Verdict::Down),
+                ("cache", "c1", Verdict::Down),
+            ],
+        );
+        let ignored = view.record(&mixed, t0);
+        assert_eq!(ignored.unknown_node, None);
+        assert_eq!(
+            ignored.unknown_instances,
+            vec![
+                ("db".to_owned(), "db9".to_owned()),
+                ("cache".to_owned(), "c1".to_owned())
+            ]
+        );
+        assert_eq!(
+            ignored.to_string(),
+            "verdicts on instances not in the config were ignored: db/db9 cache/c1"
+        );
+        db1(&mut view, 2, Verdict::Down, t0);
+        // Node 9 did not count: nodes 1 and 2 are the majority, and only
+        // configured instances appear in the view.
+        let seen = view.view(t0);
+        assert_eq!(seen.get("db", "db1").verdict, Verdict::Down);
+        assert_eq!(view.per_node("db", "db9", t0), Vec::new());
+        assert_eq!(view.per_node("cache", "c1", t0), Vec::new());
+    }
+
+    #[test]
+    fn per_node_lists_every_configured_node_in_id_order() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&config(&[3, 1, 5], "majority"), 1);
+        db1(&mut view, 5, Verdict::Up, t0);
+        db1(&mut view, 1, Verdict::Down, t0);
+        assert_eq!(
+            view.per_node("db", "db1", t0),
+            vec![(1, Verdict::Down), (3, Verdict::Unknown), (5, Verdict::Up)]
+        );
+        assert_eq!(
+            view.per_node("db", "db2", t0),
+            vec![
+                (1, Verdict::Unknown),
+                (3, Verdict::Unknown),
+                (5, Verdict::Unknown)
+            ]
+        );
+    }
+
+    #[test]
+    fn observations_round_trip_through_json() {
+        let sent = report(
+            2,
+            &[
+                ("db", "db1", Verdict::Up),
+                ("db", "db2", Verdict::Down),
+                ("web", "web1", Verdict::Unknown),
+            ],
+        );
+        let json = serde_json::to_string(&sent).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"node":2,"verdicts":[{"service":"db","instance":"db1","verdict":"up"},{"service":"db","instance":"db2","verdict":"down"},{"service":"web","instance":"web1","verdict":"unknown"}]}"#
+        );
+        let received: Observations = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(received, sent);
+    }
+
+    #[test]
+    fn from_local_reports_every_instance_the_node_checks() {
+        let config = three_nodes();
+        let local = LocalHealth::new(&config, Instant::now());
+        let observations = Observations::from_local(3, &local);
+        assert_eq!(
+            observations,
+            report(
+                3,
+                &[
+                    ("db", "db1", Verdict::Unknown),
+                    ("db", "db2", Verdict::Unknown),
+                    ("web", "web1", Verdict::Unknown),
+                ]
+            )
+        );
+    }
+}
