@@ -3,6 +3,8 @@
 
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
+/// Three nodes in one process with a network and probes the test controls.
+mod cluster_inprocess;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
