@@ -91,8 +91,26 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .init();
+}
+
+/// Standard error that drops what it cannot write. A node whose log reader
+/// went away (a closed pipe) must keep running and still stop cleanly:
+/// tracing-subscriber reports a failed write with `eprintln!`, which panics
+/// on a closed stderr.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 fn load(file: &std::path::Path, node_id: Option<u64>) -> Result<Config, ExitCode> {
