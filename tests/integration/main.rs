@@ -3,6 +3,8 @@
 
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
+/// Real `highlander` processes in a cluster: leader loss, failover, pause, restart, wrong secret.
+mod cluster;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
