@@ -285,12 +285,12 @@ async fn leader_killed(cluster: &mut LocalCluster, primary: Instance) -> Result<
 // node never answers an older epoch or another instance than the cluster's
 // (SERVFAIL is allowed until it rejoins; it must rejoin).
 //
-// Fails today (2 runs in 3): `Cluster::in_majority` renews a leader's lease
-// from openraft's `millis_since_quorum_ack`, an age computed when the metrics
+// Fails today (4 runs in 4 alone, 2 in 3 in the full suite):
+// `Cluster::in_majority` renews a leader's lease from openraft's `millis_since_quorum_ack`, an age computed when the metrics
 // were last flushed, not now. Right after SIGCONT the resumed leader still
 // shows `Leader` with the small age from before the freeze, renews its lease
 // to "now" and answers primary at epoch 1 until it applies the new leader's
-// log (~0.6 s observed; up to the 2 s lease if it cannot be reached). Run
+// log (0.5–0.85 s observed; up to the 2 s lease if it cannot be reached). Run
 // with `--ignored` to reproduce; un-ignore once the lease ignores stale metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "product bug: a leader resumed after SIGSTOP renews its lease from stale Raft metrics and answers the old epoch (S3)"]
