@@ -10,6 +10,8 @@
 //! - [`cluster`]: openraft wiring: log store, state machine, leadership.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
+//! - [`local_cluster`]: a test and demo kit that runs real `highlander`
+//!   processes on loopback; never used by a node.
 
 pub mod api;
 pub mod cluster;
@@ -17,5 +19,6 @@ pub mod config;
 pub mod dns;
 pub mod engine;
 pub mod health;
+pub mod local_cluster;
 pub mod model;
 pub mod node;

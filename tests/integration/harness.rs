@@ -28,7 +28,15 @@ pub struct Instance {
 impl Instance {
     /// Starts an instance on a free loopback port.
     pub async fn start(name: &str) -> Result<Instance> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Instance::start_at(name, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts an instance on `addr`: a killed instance comes back at the
+    /// address the config names.
+    pub async fn start_at(name: &str, addr: SocketAddr) -> Result<Instance> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind instance {name} on {addr}"))?;
         let addr = listener.local_addr()?;
         let body = name.to_owned();
         let server = tokio::spawn(async move {

@@ -3,6 +3,8 @@
 
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
+/// Real `highlander` processes in a cluster: leader loss, failover, pause, restart, wrong secret.
+mod cluster;
 /// Three nodes in one process with a network and probes the test controls.
 mod cluster_inprocess;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
