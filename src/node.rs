@@ -200,11 +200,24 @@ impl Node {
         let (zone_tx, zone_rx) = watch::channel(Arc::new(ZoneView::build(
             &config,
             &cluster.applied().borrow(),
-            answering(&config, &cluster),
+            true,
         )));
+        let lease = match config.dns.on_minority {
+            OnMinority::Servfail => dns::Lease::new(),
+            OnMinority::Stale => dns::Lease::forever(),
+        };
+        lease.renew(cluster.lease_deadline());
         let dns_stop = servers.clone();
+        let dns_lease = lease.clone();
         server_tasks.spawn(async move {
-            let result = dns::serve(sockets.dns_udp, sockets.dns_tcp, zone_rx, dns_stop).await;
+            let result = dns::serve(
+                sockets.dns_udp,
+                sockets.dns_tcp,
+                zone_rx,
+                dns_lease,
+                dns_stop,
+            )
+            .await;
             ("DNS", result.map_err(NodeError::from))
         });
 
@@ -228,6 +241,7 @@ impl Node {
             config.clone(),
             cluster.clone(),
             zone_tx,
+            lease,
             work.clone(),
         ));
 
@@ -281,47 +295,43 @@ async fn serve_http(
     )
 }
 
-/// Whether DNS answers service names: in the majority, or configured to
-/// serve stale answers outside it.
-fn answering(config: &Config, cluster: &Cluster) -> bool {
-    config.dns.on_minority == OnMinority::Stale || cluster.in_majority()
-}
-
-/// Rebuilds the DNS view on every applied change and whenever the node
-/// enters or leaves the majority.
+/// Rebuilds the DNS view on every applied change, and renews the DNS lease
+/// from the cluster's (every [`LEASE_TICK`]; DNS checks the deadline itself
+/// on every query, so the tick only bounds how late a renewal comes).
 async fn publish_zone(
     config: Arc<Config>,
     cluster: Cluster,
     zone: watch::Sender<Arc<ZoneView>>,
+    lease: dns::Lease,
     cancel: CancellationToken,
 ) {
     let mut applied = cluster.applied();
     let mut tick = tokio::time::interval(LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut was_answering = answering(&config, &cluster);
+    let mut was_answering = cluster.in_majority();
     loop {
-        let state_changed = tokio::select! {
+        tokio::select! {
             _ = cancel.cancelled() => return,
             changed = applied.changed() => {
                 if changed.is_err() { return }
-                true
+                let state: Arc<AppliedState> = applied.borrow_and_update().clone();
+                zone.send_replace(Arc::new(ZoneView::build(&config, &state, true)));
             }
-            _ = tick.tick() => false,
+            _ = tick.tick() => {}
         };
-        let now_answering = answering(&config, &cluster);
-        if !state_changed && now_answering == was_answering {
-            continue;
-        }
-        if now_answering != was_answering {
-            if now_answering {
+        let deadline = cluster.lease_deadline();
+        lease.renew(deadline);
+        let answering = deadline.is_some();
+        if answering != was_answering {
+            if answering {
                 info!("in contact with a quorum-holding leader: answering service names");
+            } else if config.dns.on_minority == OnMinority::Stale {
+                warn!(lease = ?config.cluster.lease, "no quorum-holding leader within the lease: serving possibly stale answers (dns.on_minority = \"stale\")");
             } else {
                 warn!(lease = ?config.cluster.lease, "no quorum-holding leader within the lease: answering SERVFAIL for service names");
             }
+            was_answering = answering;
         }
-        was_answering = now_answering;
-        let state: Arc<AppliedState> = applied.borrow_and_update().clone();
-        zone.send_replace(Arc::new(ZoneView::build(&config, &state, now_answering)));
     }
 }
 

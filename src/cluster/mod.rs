@@ -26,6 +26,7 @@ pub mod quorum;
 pub mod store;
 pub mod transport;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -117,6 +118,12 @@ struct Inner {
     /// The last moment this node knew a quorum-holding leader (itself
     /// included) was in charge; the lease counts from here.
     last_quorum_contact: Mutex<Option<Instant>>,
+    /// The highest commit index a leader has told this node about.
+    known_commit: AtomicU64,
+    /// Whether the lease held at the last check. A node whose lease lapsed
+    /// answers again only once it has applied what the leader committed, so
+    /// it never serves an answer older than the one it last saw lapse.
+    answering: AtomicBool,
     /// How stale the leader's quorum acknowledgement may be while it acts.
     max_ack_age: Duration,
     lease: Duration,
@@ -177,6 +184,8 @@ impl Cluster {
                 client,
                 links,
                 last_quorum_contact: Mutex::new(None),
+                known_commit: AtomicU64::new(0),
+                answering: AtomicBool::new(false),
                 max_ack_age,
                 db: weak_db,
             }),
@@ -202,7 +211,13 @@ impl Cluster {
                 .map(|n| n.id)
                 .collect(),
             links: self.inner.links.clone(),
-            on_leader_contact: Box::new(move || contact.touch(Instant::now())),
+            on_leader_contact: Box::new(move |commit| {
+                contact
+                    .inner
+                    .known_commit
+                    .fetch_max(commit, Ordering::Relaxed);
+                contact.touch(Instant::now());
+            }),
             on_observations: Box::new(move |obs| observer.record(&obs)),
             propose: Box::new(move |command| {
                 let cluster = proposer.clone();
@@ -256,38 +271,71 @@ impl Cluster {
     }
 
     /// Whether this node may act as the leader now: it is the Raft leader and
-    /// a quorum acknowledged it so recently that no other leader can exist.
+    /// a quorum accepted one of its AppendEntries so recently that no other
+    /// leader can have been elected since.
     pub fn is_acting_leader(&self) -> bool {
-        let metrics = self.inner.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader || metrics.current_leader != Some(self.inner.id) {
-            return false;
-        }
-        if metrics.membership_config.membership().voter_ids().count() <= 1 {
-            return true;
-        }
-        metrics
-            .millis_since_quorum_ack
-            .is_some_and(|age| Duration::from_millis(age) < self.inner.max_ack_age)
+        let now = Instant::now();
+        self.leader_quorum_contact()
+            .is_some_and(|t| now.saturating_duration_since(t) < self.inner.max_ack_age)
     }
 
-    /// Whether this node is in contact with a quorum-holding leader within
-    /// the lease (S3): only then does it answer service names.
-    pub fn in_majority(&self) -> bool {
-        let now = Instant::now();
+    /// If this node is the Raft leader: the send time of the newest
+    /// AppendEntries that a majority (this node included) has accepted.
+    fn leader_quorum_contact(&self) -> Option<Instant> {
         let metrics = self.inner.raft.metrics().borrow().clone();
-        if metrics.state == ServerState::Leader && metrics.current_leader == Some(self.inner.id) {
-            if metrics.membership_config.membership().voter_ids().count() <= 1 {
-                self.touch(now);
-            } else if let Some(age) = metrics.millis_since_quorum_ack {
-                self.touch(now.checked_sub(Duration::from_millis(age)).unwrap_or(now));
-            }
+        if metrics.state != ServerState::Leader || metrics.current_leader != Some(self.inner.id) {
+            return None;
         }
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        let now = Instant::now();
+        let mut acks: Vec<Instant> = voters
+            .iter()
+            .filter(|&&id| id != self.inner.id)
+            .filter_map(|&id| self.inner.client.last_ack(id))
+            .collect();
+        acks.sort_unstable_by(|a, b| b.cmp(a));
+        // This node counts itself; it needs `majority - 1` others.
+        let others_needed = voters.len() / 2;
+        match others_needed {
+            0 => Some(now),
+            n => acks.get(n - 1).copied(),
+        }
+    }
+
+    /// Until when this node may answer service names (S3): the lease counted
+    /// from its last contact with a quorum-holding leader (itself, as leader,
+    /// from its quorum's last acknowledgement). `None` while outside the
+    /// majority, or while it catches up after its lease lapsed.
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        if let Some(contact) = self.leader_quorum_contact() {
+            self.touch(contact);
+        }
+        let now = Instant::now();
         let contact = *self
             .inner
             .last_quorum_contact
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        contact.is_some_and(|t| now.saturating_duration_since(t) < self.inner.lease)
+        let deadline = contact.map(|t| t + self.inner.lease).filter(|&d| d > now);
+        let Some(deadline) = deadline else {
+            self.inner.answering.store(false, Ordering::Relaxed);
+            return None;
+        };
+        if !self.inner.answering.load(Ordering::Relaxed) {
+            let applied = self.inner.applied.borrow().index;
+            if applied < self.inner.known_commit.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.inner.answering.store(true, Ordering::Relaxed);
+        }
+        Some(deadline)
+    }
+
+    /// Whether this node is in contact with a quorum-holding leader within
+    /// the lease (S3): only then does it answer service names.
+    pub fn in_majority(&self) -> bool {
+        self.lease_deadline().is_some()
     }
 
     /// Records contact with a quorum-holding leader at `at`.

@@ -11,9 +11,9 @@
 //! [`Links`] lets tests cut the network between chosen nodes in both
 //! directions without touching the sockets.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -33,6 +33,7 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::auth::Authenticator;
@@ -117,6 +118,11 @@ pub struct Client {
     auth: Arc<Authenticator>,
     me: NodeId,
     links: Option<Arc<Links>>,
+    /// Per peer, when the newest AppendEntries it accepted was *sent*: the
+    /// peer reset its election timer no earlier than that, which is what the
+    /// leader's lease may count from (openraft's own quorum-ack metric is
+    /// sampled, and stale right after this process was paused).
+    acks: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl Client {
@@ -135,7 +141,26 @@ impl Client {
             auth,
             me,
             links,
+            acks: Arc::default(),
         }
+    }
+
+    /// Records that `peer` accepted an AppendEntries sent at `sent`.
+    fn record_ack(&self, peer: NodeId, sent: Instant) {
+        let mut acks = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = acks.entry(peer).or_insert(sent);
+        if *entry < sent {
+            *entry = sent;
+        }
+    }
+
+    /// When `peer` last accepted an AppendEntries from this node (send time).
+    pub fn last_ack(&self, peer: NodeId) -> Option<Instant> {
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer)
+            .copied()
     }
 
     /// POSTs `body` as JSON to `path` on node `to` at `addr` and parses the answer.
@@ -275,7 +300,15 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(path::APPEND, &rpc, &option).await
+        let sent = Instant::now();
+        let response = self.call(path::APPEND, &rpc, &option).await;
+        // A higher vote means the peer no longer follows us.
+        if let Ok(answer) = &response
+            && !matches!(answer, AppendEntriesResponse::HigherVote(_))
+        {
+            self.client.record_ack(self.target, sent);
+        }
+        response
     }
 
     async fn install_snapshot(
@@ -307,9 +340,9 @@ pub struct ServerState {
     /// The configured node ids: a request signed by anyone else is refused.
     pub members: HashSet<NodeId>,
     pub links: Option<Arc<Links>>,
-    /// Called with every accepted AppendEntries from a legitimate leader
-    /// (the follower's lease).
-    pub on_leader_contact: Box<dyn Fn() + Send + Sync>,
+    /// Called with every AppendEntries accepted from a legitimate leader (the
+    /// follower's lease), with the leader's commit index.
+    pub on_leader_contact: Box<dyn Fn(u64) + Send + Sync>,
     /// Handles a peer's health observations.
     pub on_observations: Box<dyn Fn(super::quorum::Observations) + Send + Sync>,
     /// Handles a proposal forwarded by a follower.
@@ -407,11 +440,12 @@ async fn append(
 ) -> Result<Response, Rejection> {
     let (_, request): (_, AppendEntriesRequest<TypeConfig>) =
         accept(&state, peer, path::APPEND, &headers, &body)?;
+    let leader_commit = request.leader_commit.map_or(0, |id| id.index);
     let result = state.raft.append_entries(request).await;
     if let Ok(response) = &result {
         // A higher vote means the sender is not (or no longer) our leader.
         if !matches!(response, AppendEntriesResponse::HigherVote(_)) {
-            (state.on_leader_contact)();
+            (state.on_leader_contact)(leader_commit);
         }
     }
     Ok(json(&result))

@@ -85,9 +85,10 @@ pub async fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
     zone: watch::Receiver<Arc<ZoneView>>,
+    lease: Lease,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    let mut server = Server::new(Authority { zone });
+    let mut server = Server::new(Authority { zone, lease });
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_QUEUE);
     // `block_until_done` only returns early if a socket task failed; it is
@@ -107,6 +108,67 @@ pub async fn serve(
 struct Authority {
     /// The latest view; the node holds the sender and replaces it on apply.
     zone: watch::Receiver<Arc<ZoneView>>,
+    /// Whether service names may be answered, checked on every query.
+    lease: Lease,
+}
+
+/// Until when this node may answer service names (S3). The node renews it
+/// from the cluster's lease; the server checks it on every query, so a node
+/// that was paused or cut off stops answering the moment its lease ends,
+/// not at the next renewal.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Instants are stored as milliseconds after `base`.
+    base: tokio::time::Instant,
+    /// 0: not held; `u64::MAX`: held for ever (serving stale on purpose).
+    until: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Lease {
+    /// A lease that is not held until renewed.
+    pub fn new() -> Lease {
+        Lease {
+            base: tokio::time::Instant::now(),
+            until: Arc::default(),
+        }
+    }
+
+    /// A lease that always holds (`dns.on_minority = "stale"`).
+    pub fn forever() -> Lease {
+        let lease = Lease::new();
+        lease
+            .until
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        lease
+    }
+
+    /// Holds the lease until `deadline`, or drops it (`None`).
+    pub fn renew(&self, deadline: Option<tokio::time::Instant>) {
+        if self.until.load(std::sync::atomic::Ordering::Relaxed) == u64::MAX {
+            return;
+        }
+        let until = deadline.map_or(0, |d| {
+            u64::try_from(d.saturating_duration_since(self.base).as_millis())
+                .unwrap_or(u64::MAX - 1)
+                .max(1)
+        });
+        self.until
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the lease holds now.
+    pub fn holds(&self) -> bool {
+        let until = self.until.load(std::sync::atomic::Ordering::Relaxed);
+        until == u64::MAX
+            || (until > 0
+                && u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX) < until)
+    }
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease::new()
+    }
 }
 
 /// What to send: the response code, whether it is authoritative and which
@@ -162,7 +224,7 @@ impl<'a> Reply<'a> {
 
 impl Authority {
     /// Decides the reply to `request` from `zone`, before any size limits.
-    fn reply<'a>(request: &Request, zone: &'a ZoneView) -> Reply<'a> {
+    fn reply<'a>(request: &Request, zone: &'a ZoneView, lease_holds: bool) -> Reply<'a> {
         // RFC 6891 §6.1.3: a version we do not speak is answered BADVERS
         // before anything else is looked at.
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
@@ -177,7 +239,7 @@ impl Authority {
         if query.query_class() != DNSClass::IN {
             return Reply::error(ResponseCode::Refused);
         }
-        let lookup = zone.lookup(query.name(), query.query_type());
+        let lookup = zone.lookup_leased(query.name(), query.query_type(), lease_holds);
         if lookup == Lookup::Refused {
             return Reply::error(ResponseCode::Refused);
         }
@@ -203,7 +265,7 @@ impl RequestHandler for Authority {
     ) -> ResponseInfo {
         // Clone the snapshot out so the watch borrow ends before any await.
         let zone = Arc::clone(&self.zone.borrow());
-        let reply = Authority::reply(request, &zone);
+        let reply = Authority::reply(request, &zone, self.lease.holds());
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.code;

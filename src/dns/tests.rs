@@ -153,6 +153,10 @@ struct Harness {
 
 impl Harness {
     async fn start(view: ZoneView) -> Harness {
+        Harness::start_with_lease(view, crate::dns::Lease::forever()).await
+    }
+
+    async fn start_with_lease(view: ZoneView, lease: crate::dns::Lease) -> Harness {
         let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
         let (udp_addr, tcp_addr) = (
@@ -161,7 +165,7 @@ impl Harness {
         );
         let (zone, rx) = watch::channel(Arc::new(view));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(serve(udp, tcp, rx, cancel.clone()));
+        let task = tokio::spawn(serve(udp, tcp, rx, lease, cancel.clone()));
         Harness {
             udp: udp_addr,
             tcp: tcp_addr,
@@ -816,4 +820,44 @@ fn state_the_config_no_longer_matches_is_not_answered() {
         view.lookup(&name("gone.svc.example.").into(), RecordType::A),
         super::Lookup::NxDomain
     );
+}
+
+#[tokio::test]
+async fn service_names_are_answered_only_while_the_lease_holds() {
+    let (config, _dir) = small_config();
+    let lease = crate::dns::Lease::new();
+    let server =
+        Harness::start_with_lease(ZoneView::build(&config, &decided(), true), lease.clone()).await;
+    let service = query("db.svc.example.", RecordType::A);
+    let apex = query("svc.example.", RecordType::SOA);
+
+    // Never renewed: service names fail, the apex still answers.
+    assert_header(&server.udp(&service).await, ResponseCode::ServFail, false);
+    assert_header(&server.udp(&apex).await, ResponseCode::NoError, true);
+
+    lease.renew(Some(tokio::time::Instant::now() + Duration::from_secs(30)));
+    assert_header(&server.udp(&service).await, ResponseCode::NoError, true);
+
+    // A deadline that has passed is checked per query, without a renewal.
+    lease.renew(Some(
+        tokio::time::Instant::now() + Duration::from_millis(50),
+    ));
+    assert_header(&server.udp(&service).await, ResponseCode::NoError, true);
+    tokio::time::sleep(Duration::from_millis(80)).await; // let the deadline pass
+    assert_header(&server.udp(&service).await, ResponseCode::ServFail, false);
+    let txt = query("_highlander.db.svc.example.", RecordType::TXT);
+    assert_header(&server.udp(&txt).await, ResponseCode::ServFail, false);
+
+    lease.renew(None);
+    assert!(!lease.holds());
+    server.stop().await;
+}
+
+#[test]
+fn a_forever_lease_ignores_renewals() {
+    let lease = crate::dns::Lease::forever();
+    lease.renew(None);
+    assert!(lease.holds());
+    let lease = crate::dns::Lease::new();
+    assert!(!lease.holds());
 }

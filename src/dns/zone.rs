@@ -5,7 +5,7 @@
 //! Everything here is computed once per applied state change so that a query
 //! only does a hash lookup and a slice; nothing here does I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, TXT};
@@ -45,6 +45,9 @@ pub struct ZoneView {
     /// Every name that exists in the zone (apex and empty non-terminals
     /// included). A name missing here is NXDOMAIN.
     names: HashMap<LowerName, Node>,
+    /// Service names and their `_highlander` names: answered only while the
+    /// node's lease holds (checked per query by the server).
+    leased: HashSet<LowerName>,
 }
 
 /// What one existing name in the zone holds.
@@ -117,6 +120,7 @@ impl ZoneView {
         };
 
         let mut names: HashMap<LowerName, Node> = HashMap::new();
+        let mut leased: HashSet<LowerName> = HashSet::new();
         let mut ns = Vec::new();
         let mut glue = Vec::new();
         let mut mname = None;
@@ -212,6 +216,8 @@ impl ZoneView {
                 ))
             });
             let (target, txt) = answer.unwrap_or((Node::Unavailable, Node::Unavailable));
+            leased.insert(lower.clone());
+            leased.insert(LowerName::new(&meta));
             names.insert(lower, target);
             names.insert(LowerName::new(&meta), txt);
         }
@@ -240,12 +246,27 @@ impl ZoneView {
             ns,
             glue,
             names,
+            leased,
         }
     }
 
     /// The SOA to put in AUTHORITY of NODATA and NXDOMAIN answers.
     pub(crate) fn negative_soa(&self) -> &Record {
         &self.negative_soa
+    }
+
+    /// Like [`ZoneView::lookup`], but service names are SERVFAIL unless
+    /// `lease_holds`: a node outside the majority must not answer them (S3).
+    pub(crate) fn lookup_leased(
+        &self,
+        qname: &LowerName,
+        qtype: RecordType,
+        lease_holds: bool,
+    ) -> Lookup<'_> {
+        if !lease_holds && self.leased.contains(qname) {
+            return Lookup::ServFail;
+        }
+        self.lookup(qname, qtype)
     }
 
     /// Answers `qtype` at `qname` (already lowercase).

@@ -293,7 +293,6 @@ async fn leader_killed(cluster: &mut LocalCluster, primary: Instance) -> Result<
 // log (0.5–0.85 s observed; up to the 2 s lease if it cannot be reached). Run
 // with `--ignored` to reproduce; un-ignore once the lease ignores stale metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "product bug: a leader resumed after SIGSTOP renews its lease from stale Raft metrics and answers the old epoch (S3)"]
 async fn paused_leader_never_answers_an_older_choice_after_it_resumes() -> Result<()> {
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
