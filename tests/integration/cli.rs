@@ -131,6 +131,16 @@ async fn run_refuses_a_bad_node_id_or_secret_before_listening() -> Result<()> {
 
 /// Starts `highlander run` and waits for its "started" log line, which names the DNS address.
 fn spawn_node(file: &std::path::Path) -> Result<(Running, SocketAddr)> {
+    let (running, dns, _) = spawn_node_with(file, true)?;
+    Ok((running, dns))
+}
+
+/// Like [`spawn_node`]; also returns the API address. Unless `keep_reading`,
+/// the node's stderr is closed for reading right after the started line.
+fn spawn_node_with(
+    file: &std::path::Path,
+    keep_reading: bool,
+) -> Result<(Running, SocketAddr, SocketAddr)> {
     let mut child = highlander()
         .args(["run", "--node-id", "1", "--config"])
         .arg(file)
@@ -146,18 +156,23 @@ fn spawn_node(file: &std::path::Path) -> Result<(Running, SocketAddr)> {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("highlander node started") {
                 let _ = tx.send(line);
+                if !keep_reading {
+                    return;
+                }
             }
         }
     });
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .context("the node never logged that it started")?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("dns="))
-        .context("no dns= field in the started line")?
-        .parse()?;
-    Ok((running, addr))
+    let field = |name: &str| -> Result<SocketAddr> {
+        Ok(line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .with_context(|| format!("no {name} field in the started line"))?
+            .parse()?)
+    };
+    Ok((running, field("dns=")?, field("api=")?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,4 +198,52 @@ async fn sigterm_stops_a_running_node_with_exit_0_within_2_seconds() -> Result<(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// Regression: tracing-subscriber reported a failed log write with
+/// `eprintln!`, which panicked once the node's stderr reader had gone away,
+/// and a node in that state never stopped on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_reader_went_away_still_stops_cleanly() -> Result<()> {
+    let primary = Instance::start("primary").await?;
+    let dir = ConfigDir::new()?;
+    let file = dir.write(&one_node_config(&[&primary], "auto", "127.0.0.1:0"))?;
+    // The reader closes the pipe after the started line, as a crashed log
+    // shipper would; the node then has to log into a closed pipe.
+    let (mut node, dns, api) = spawn_node_with(&file, false)?;
+    eventually(Duration::from_secs(10), "the node answers", || answer(dns)).await?;
+    primary.kill().await;
+    let status_url = format!("http://{api}/v1/status");
+    eventually(
+        Duration::from_secs(10),
+        "the all-down decision (logged)",
+        || async {
+            let body = reqwest::get(&status_url).await?.bytes().await?;
+            let status: serde_json::Value = serde_json::from_slice(&body)?;
+            Ok((!status["services"][0]["all_down_since"].is_null()).then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        node.0.try_wait()?.is_none(),
+        "the node died writing to a closed pipe"
+    );
+    let pid = node.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success()
+    );
+    let sent = Instant::now();
+    loop {
+        if let Some(status) = node.0.try_wait()? {
+            assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+            return Ok(());
+        }
+        if sent.elapsed() > Duration::from_secs(2) {
+            bail!("still running 2 s after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
