@@ -7,8 +7,11 @@
 //! - [`model`]: plain data: epochs, the replicated state, commands, health views.
 //! - [`engine`]: the pure decision of which instance is active.
 //! - [`health`]: probers (http, tcp, exec), scheduling and rise/fall hysteresis.
-//! - [`cluster`]: openraft wiring: log store, state machine, leadership.
+//! - [`cluster`]: openraft wiring: log store, state machine, the authenticated
+//!   transport, the health-observation exchange and quorum view, leadership
+//!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
+//! - [`api`]: the HTTP API (status, health and readiness).
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
 //!   processes on loopback; never used by a node.
