@@ -1,12 +1,14 @@
 //! highlander's integration tests: real nodes, real sockets on 127.0.0.1:0,
 //! real DNS on the wire. One binary; each module is one area.
 
+/// The operator API: auth, validation, forwarding, switchover, drain, events.
+mod api;
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
 /// Real `highlander` processes in a cluster: leader loss, failover, pause, restart, wrong secret.
 mod cluster;
 /// Three nodes in one process with a network and probes the test controls.
-mod cluster_inprocess;
+pub mod cluster_inprocess;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
