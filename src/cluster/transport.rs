@@ -359,7 +359,7 @@ pub struct ServerState {
     pub on_observations: Box<dyn Fn(super::quorum::Observations) + Send + Sync>,
     /// Handles a proposal forwarded by a follower.
     pub propose: ProposeHandler,
-}}
+}
 
 /// The cluster endpoints, served on the node's `rpc` address.
 pub fn router(state: Arc<ServerState>) -> Router {
