@@ -42,6 +42,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(10);
 /// How long the survivors' DNS is still watched after the new leader is
 /// agreed: the new leader's first heartbeats renew the followers' leases.
 const WATCH_AFTER: Duration = Duration::from_millis(500);
+/// A node that answers the new choice this much later than the first one
+/// is reported with what it answered meanwhile (all apply the same commit,
+/// normally within a heartbeat of each other).
+const LAGGARD: Duration = Duration::from_millis(100);
 /// L2's goal for a leader change.
 const LEADER_GOAL: Duration = Duration::from_secs(1);
 /// L1 allows one commit round on top of `interval × fall`.
@@ -190,32 +194,46 @@ async fn measure(
     let mut leader_times = Vec::new();
     let mut watch = DnsWatch::default();
     for trial in 1..=trials {
-        let elapsed = leader_trial(cluster, &first, &mut watch)
+        let change = leader_trial(cluster, &first, &mut watch)
             .await
             .with_context(|| format!("leader-change trial {trial}"))?;
         eprintln!(
-            "leader trial {trial:>2}/{trials}: new leader after {}",
-            ms(elapsed)
+            "leader trial {trial:>2}/{trials}: node {} killed (term {}); node {} leads after {} (term {}{})",
+            change.old,
+            change.old_term,
+            change.new,
+            ms(change.elapsed),
+            change.new_term,
+            if change.new_term > change.old_term + 1 {
+                ", more than one election"
+            } else {
+                ""
+            }
         );
-        leader_times.push(elapsed);
+        leader_times.push(change.elapsed);
     }
 
     let mut failover_times = Vec::new();
     let (mut active, mut standby, mut epoch) = (primary, backup, first.epoch);
     for trial in 1..=trials {
-        let (elapsed, first_node, new_epoch, restarted) =
-            failover_trial(cluster, active, &standby, epoch)
-                .await
-                .with_context(|| format!("failover trial {trial}"))?;
+        let sample = failover_trial(cluster, timings.interval, active, &standby, epoch)
+            .await
+            .with_context(|| format!("failover trial {trial}"))?;
         eprintln!(
-            "failover trial {trial:>2}/{trials}: {} -> {} (epoch {new_epoch}): first node after {}, all after {}",
-            restarted.name(),
+            "failover trial {trial:>2}/{trials}: {} -> {} (epoch {}): first node after {}, all after {}{}",
+            sample.restarted.name(),
             standby.name(),
-            ms(first_node),
-            ms(elapsed)
+            sample.epoch,
+            ms(sample.first),
+            ms(sample.last),
+            sample
+                .notes
+                .iter()
+                .map(|n| format!("; {n}"))
+                .collect::<String>()
         );
-        failover_times.push(elapsed);
-        (active, standby, epoch) = (standby, restarted, new_epoch);
+        failover_times.push(sample.last);
+        (active, standby, epoch) = (standby, sample.restarted, sample.epoch);
     }
 
     print_report(
@@ -237,7 +255,7 @@ async fn leader_trial(
     cluster: &mut LocalCluster,
     expected: &ActiveAnswer,
     watch: &mut DnsWatch,
-) -> Result<Duration> {
+) -> Result<LeaderChange> {
     let ids = cluster.node_ids();
     let old = until(
         STEP_DEADLINE,
@@ -246,6 +264,7 @@ async fn leader_trial(
     )
     .await?;
     all_answer(cluster, &ids, expected).await?;
+    let old_term = cluster.status(old).await?.term;
     let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != old).collect();
 
     let stop = CancellationToken::new();
@@ -265,12 +284,13 @@ async fn leader_trial(
         || async {
             let statuses =
                 futures::future::join_all(survivors.iter().map(|&id| cluster.status(id))).await;
-            let leaders: Vec<Option<u64>> = statuses
+            let now = killed.elapsed();
+            let leaders: Vec<Option<(u64, u64)>> = statuses
                 .into_iter()
-                .map(|s| s.ok().and_then(|s| s.leader))
+                .map(|s| s.ok().and_then(|s| Some((s.leader?, s.term))))
                 .collect();
             Ok(match leaders[..] {
-                [Some(a), Some(b)] if a == b && a != old => Some(killed.elapsed()),
+                [Some((a, term)), Some((b, _))] if a == b && a != old => Some((now, a, term)),
                 _ => None,
             })
         },
@@ -286,7 +306,7 @@ async fn leader_trial(
             .into_iter()
             .map(|f| format!("leader {old} killed: {f}")),
     );
-    let elapsed = agreed?;
+    let (elapsed, new, new_term) = agreed?;
 
     cluster.restart(old)?;
     until(STEP_DEADLINE, "the restarted node rejoins", || async {
@@ -294,7 +314,24 @@ async fn leader_trial(
     })
     .await?;
     all_answer(cluster, &ids, expected).await?;
-    Ok(elapsed)
+    Ok(LeaderChange {
+        elapsed,
+        old,
+        old_term,
+        new,
+        new_term,
+    })
+}
+
+/// What one leader-change trial found.
+struct LeaderChange {
+    /// From SIGKILL to both survivors naming the new leader.
+    elapsed: Duration,
+    old: u64,
+    old_term: u64,
+    new: u64,
+    /// More than `old_term + 1` means an election failed (a split vote).
+    new_term: u64,
 }
 
 /// Queries each of `servers` for the service's TXT every [`WATCH_EVERY`]
@@ -344,10 +381,11 @@ async fn watch_dns(
 /// address (the next trial's standby).
 async fn failover_trial(
     cluster: &LocalCluster,
+    interval: Duration,
     active: HttpInstance,
     standby: &HttpInstance,
     epoch: u64,
-) -> Result<(Duration, Duration, u64, HttpInstance)> {
+) -> Result<FailoverSample> {
     let ids = cluster.node_ids();
     every_node_sees_up(cluster, &ids, standby.name()).await?;
     let current = ActiveAnswer {
@@ -356,12 +394,19 @@ async fn failover_trial(
     };
     all_answer(cluster, &ids, &current).await?;
 
+    // The wait above ends just after a probe round, so killing now would
+    // always strike the same phase of every node's probe schedule and time
+    // only one point of the 2–3 s range. A random delay over one interval
+    // makes the kill fall anywhere in the schedule, as a real crash does.
+    tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
     let (name, addr) = (active.name().to_owned(), active.addr());
     let killed = Instant::now();
     active.kill().await;
     // Each node's first answer naming the standby at a higher epoch.
     let mut switched: Vec<Option<(Duration, u64)>> = vec![None; ids.len()];
-    let mut last_error = None;
+    // What each node answered last before it switched, to explain a laggard.
+    let mut before = vec![String::new(); ids.len()];
+    let (mut errors, mut last_error) = (0, None);
     while switched.iter().any(Option::is_none) {
         if killed.elapsed() > STEP_DEADLINE {
             bail!(
@@ -379,8 +424,12 @@ async fn failover_trial(
                 Ok(Some(a)) if a.instance == standby.name() && a.epoch > epoch => {
                     switched[i] = Some((now, a.epoch));
                 }
-                Ok(_) => {}
-                Err(e) => last_error = Some(e),
+                Ok(other) => before[i] = format!("{other:?}"),
+                Err(e) => {
+                    errors += 1;
+                    before[i] = e.to_string();
+                    last_error = Some(e);
+                }
             }
         }
         tokio::time::sleep(POLL).await;
@@ -397,12 +446,47 @@ async fn failover_trial(
         .map(|(t, _)| *t)
         .min()
         .unwrap_or(last);
+    let mut notes = Vec::new();
     let epochs: Vec<u64> = switched.iter().flatten().map(|(_, e)| *e).collect();
     if epochs.iter().any(|&e| e != new_epoch) {
-        eprintln!("note: the nodes first answered different epochs for the new choice: {epochs:?}");
+        notes.push(format!("nodes first answered different epochs {epochs:?}"));
+    }
+    for (i, s) in switched.iter().enumerate() {
+        if let Some((t, _)) = s
+            && *t > first + LAGGARD
+        {
+            notes.push(format!(
+                "node {} switched {} after the first, answering {} until then",
+                ids[i],
+                ms(*t - first),
+                before[i]
+            ));
+        }
+    }
+    if errors > 0 {
+        notes.push(format!("{errors} DNS queries failed while polling"));
     }
     let restarted = HttpInstance::start(&name, addr).await?;
-    Ok((last, first, new_epoch, restarted))
+    Ok(FailoverSample {
+        last,
+        first,
+        epoch: new_epoch,
+        restarted,
+        notes,
+    })
+}
+
+/// What one failover trial found.
+struct FailoverSample {
+    /// From the kill to the last node answering the new choice.
+    last: Duration,
+    /// From the kill to the first node answering it.
+    first: Duration,
+    epoch: u64,
+    /// The killed instance, back on its address: the next trial's standby.
+    restarted: HttpInstance,
+    /// Anything unusual, for the progress line.
+    notes: Vec<String>,
 }
 
 /// Waits until every node's `GET /v1/status` shows every node's verdict on
@@ -549,7 +633,7 @@ fn print_report(
         ms(POLL)
     );
     println!(
-        "failover: from the active instance's listener closing until every node's _highlander.{SERVICE} TXT names the other instance at a higher epoch (polled every {}); goal = interval {} × fall {} + {}; check timeout {}, rise {}, failback manual, lease {}.",
+        "failover: from the active instance's listener closing (after a random delay of up to one interval, so the kill falls anywhere in the probe schedule) until every node's _highlander.{SERVICE} TXT names the other instance at a higher epoch (polled every {}); goal = interval {} × fall {} + {}; check timeout {}, rise {}, failback manual, lease {}.",
         ms(POLL),
         human(timings.interval),
         timings.fall,
