@@ -12,6 +12,7 @@
 //!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
 //! - [`api`]: the HTTP API (status, health and readiness).
+//! - [`dashboard`]: the on-call web page at `/`, served by the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
 //!   processes on loopback; never used by a node.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod dns;
 pub mod engine;
 pub mod health;
