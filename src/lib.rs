@@ -11,7 +11,8 @@
 //!   transport, the health-observation exchange and quorum view, leadership
 //!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
-//! - [`api`]: the HTTP API (status, health and readiness).
+//! - [`api`]: the HTTP API (status, events, switchover, drain, health).
+//! - [`ctl`]: the operator commands, a client of the HTTP API.
 //! - [`dashboard`]: the on-call web page at `/`, served by the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod dashboard;
 pub mod dns;
 pub mod engine;

@@ -9,6 +9,8 @@ mod cli;
 mod cluster;
 /// Three nodes in one process with a network and probes the test controls.
 pub mod cluster_inprocess;
+/// The operator commands against a running cluster.
+mod ctl;
 /// The dashboard in a real headless Chromium: active instance, failover, screenshot.
 mod dashboard;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
