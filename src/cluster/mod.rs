@@ -163,6 +163,7 @@ impl Cluster {
         let log = store::LogStore::new(db);
         let network = transport::Network {
             client: client.clone(),
+            addrs: c.nodes.iter().map(|n| (n.id, n.rpc.to_string())).collect(),
         };
         let raft = Raft::new(id, Arc::new(raft_config), network, log, machine)
             .await

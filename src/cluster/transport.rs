@@ -237,6 +237,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// openraft's view of the network: one [`PeerNetwork`] per target.
 pub struct Network {
     pub(super) client: Client,
+    /// Each node's `rpc` address from the config. Preferred over the address
+    /// stored in the Raft membership, so that an address changed in the
+    /// config takes effect with a rolling restart.
+    pub(super) addrs: HashMap<NodeId, String>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -246,7 +250,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         PeerNetwork {
             client: self.client.clone(),
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .addrs
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
         }
     }
 }

@@ -247,3 +247,49 @@ async fn a_node_whose_log_reader_went_away_still_stops_cleanly() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The configs the project ships stay valid as the config grows.
+#[test]
+fn shipped_example_configs_are_valid() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = highlander()
+        .arg("check-config")
+        .arg(root.join("examples/cluster.toml"))
+        .output()?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The production example names systemd credential paths; point them at
+    // files of the right shape.
+    let dir = ConfigDir::new()?;
+    let secret = dir.path().join("cluster.secret");
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "an-api-token-of-enough-length")?;
+    let text = std::fs::read_to_string(root.join("contrib/three-zones.toml"))?
+        .replace(
+            "/run/credentials/highlander.service/cluster.secret",
+            &secret.to_string_lossy(),
+        )
+        .replace(
+            "/run/credentials/highlander.service/api.token",
+            &token.to_string_lossy(),
+        );
+    let file = dir.write(&text)?;
+    let out = highlander().arg("check-config").arg(&file).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 nodes") && stdout.contains("service db"),
+        "{stdout}"
+    );
+    Ok(())
+}
