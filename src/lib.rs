@@ -12,6 +12,8 @@
 //!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
 //! - [`api`]: the HTTP API (status, health and readiness).
+//! - [`metrics`]: Prometheus metrics and the `GET /metrics` route the node
+//!   serves beside the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
 //!   processes on loopback; never used by a node.
@@ -23,5 +25,6 @@ pub mod dns;
 pub mod engine;
 pub mod health;
 pub mod local_cluster;
+pub mod metrics;
 pub mod model;
 pub mod node;
