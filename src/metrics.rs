@@ -39,10 +39,15 @@
 //! (highlander_instance_health{state="down"})` counts the nodes that see an
 //! instance down, and no query has to know a numeric code.
 //!
-//! It never decides or changes anything, and instrumentation never blocks a
-//! hot path: counting a DNS query is one atomic add on a counter created up
-//! front. Only [`Metrics::render`] takes a lock, to keep two concurrent
-//! scrapes from interleaving their refreshes.
+//! It reads the model, the config and (for [`ScrapeView::of`] only) the
+//! cluster handle; it never decides or changes anything, and
+//! instrumentation never blocks a hot path: counting a DNS query is one
+//! atomic add on a counter created up front. Only [`Metrics::render`] takes
+//! a lock, to keep two concurrent scrapes from interleaving their refreshes.
+//!
+//! `highlander_changes_total` counts from the applied state's recent events
+//! (at most [`EVENT_HISTORY`](crate::model::EVENT_HISTORY) of them), so
+//! more changes than that between two scrapes would be undercounted.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -454,8 +459,11 @@ impl ProbeInstruments {
 /// role, applied state and quorum view, read right before a render.
 #[derive(Debug, Clone, Default)]
 pub struct ScrapeView {
+    /// This node's Raft term.
     pub term: u64,
+    /// The leader this node knows of.
     pub leader: Option<NodeId>,
+    /// Whether this node answers service names (S3).
     pub in_majority: bool,
     /// The applied state: epochs, active instances and recent events.
     pub applied: Arc<AppliedState>,
@@ -467,6 +475,7 @@ pub struct ScrapeView {
 #[derive(Debug, Clone, Default)]
 pub struct ServiceView {
     pub name: String,
+    /// Every configured instance, in config order.
     pub instances: Vec<InstanceView>,
 }
 
