@@ -13,12 +13,15 @@
 //!   healthy, undrained instance with the lowest priority, ties broken by
 //!   config order;
 //! - `failback = "auto"` returns to a better-priority instance only after it
-//!   has been up for `failback_delay`; `"manual"` never does by itself;
+//!   has been up for `failback_delay`; `"manual"` never does by itself, and
+//!   neither does an instance an operator switched over to;
 //! - when every instance is down, keep the last active (fail-static) and
 //!   record why, once.
 
 use crate::config::{Config, Failback, ServiceConfig};
-use crate::model::{Command, HealthView, Reason, ServiceState, State, UnixMillis, Verdict};
+use crate::model::{
+    Command, Evidence, HealthView, Reason, ServiceState, State, UnixMillis, Verdict,
+};
 
 /// Decides for every configured service; at most one command per service.
 pub fn decide(config: &Config, state: &State, view: &HealthView, now: UnixMillis) -> Vec<Command> {
@@ -45,6 +48,7 @@ pub fn decide_service(
         epoch: current.epoch.next(),
         reason,
         at: now,
+        evidence: Evidence::new(),
     };
     let best = best_healthy(service, current, view);
 
@@ -82,6 +86,7 @@ pub fn decide_service(
                 service: service.name.clone(),
                 epoch: current.epoch,
                 at: now,
+                evidence: Evidence::new(),
             }),
             None => None,
         },
@@ -93,7 +98,8 @@ pub fn decide_service(
                     at: now,
                 });
             }
-            if service.failback == Failback::Manual {
+            // An operator's switchover sticks until the instance fails.
+            if service.failback == Failback::Manual || current.reason == Some(Reason::Switchover) {
                 return None;
             }
             let active_priority = active_priority?;
@@ -195,6 +201,7 @@ mod tests {
             epoch: Epoch(epoch),
             reason,
             at: NOW,
+            evidence: Evidence::new(),
         })
     }
 
@@ -341,6 +348,21 @@ mod tests {
     }
 
     #[test]
+    fn auto_failback_does_not_undo_a_switchover() {
+        let s = service(Failback::Auto);
+        let mut current = active("db2", 5);
+        current.reason = Some(Reason::Switchover);
+        let v = view(&[("db1", Up, 1_000_000), ("db2", Up, 100)]);
+        assert_eq!(decide_service(&s, &current, &v, NOW), None);
+        // It still fails over when the chosen instance dies.
+        let v = view(&[("db1", Up, 1_000_000), ("db2", Down, 1)]);
+        assert_eq!(
+            decide_service(&s, &current, &v, NOW),
+            activation("db1", 6, Reason::Failover)
+        );
+    }
+
+    #[test]
     fn manual_failback_never_returns_by_itself() {
         let s = service(Failback::Manual);
         let v = view(&[("db1", Up, 1_000_000), ("db2", Up, 100)]);
@@ -363,7 +385,8 @@ mod tests {
             Some(Command::MarkAllDown {
                 service: "db".into(),
                 epoch: Epoch(4),
-                at: NOW
+                at: NOW,
+                evidence: Evidence::new(),
             })
         );
         let mut marked = current.clone();
@@ -440,7 +463,8 @@ mod tests {
                 instance: "db1".into(),
                 epoch: Epoch(1),
                 reason: Reason::Initial,
-                at: NOW
+                at: NOW,
+                evidence: Evidence::new(),
             }]
         );
     }

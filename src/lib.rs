@@ -11,7 +11,9 @@
 //!   transport, the health-observation exchange and quorum view, leadership
 //!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
-//! - [`api`]: the HTTP API (status, health and readiness).
+//! - [`api`]: the HTTP API (status, events, switchover, drain, health).
+//! - [`ctl`]: the operator commands, a client of the HTTP API.
+//! - [`dashboard`]: the on-call web page at `/`, served by the API.
 //! - [`metrics`]: Prometheus metrics and the `GET /metrics` route the node
 //!   serves beside the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
@@ -21,6 +23,8 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
+pub mod dashboard;
 pub mod dns;
 pub mod engine;
 pub mod health;

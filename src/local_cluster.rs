@@ -7,7 +7,9 @@
 //! process per node with its stderr captured into `node-N.log` beside the
 //! config, and waits until each has logged `highlander node started`. The
 //! caller then kills, terminates, pauses, resumes and restarts nodes by id,
-//! and reads each node's `GET /v1/status`.
+//! and reads each node's `GET /v1/status` and its DNS answer for a service
+//! ([`LocalCluster::answer`]). [`HttpInstance`] is a service instance in the
+//! caller's own process that can be killed and brought back on its address.
 //!
 //! It must never leave a process behind: dropping a [`LocalCluster`] (also
 //! while a test unwinds from a panic) resumes paused nodes, kills every child
@@ -26,6 +28,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::api::Status;
 
 /// The line a node logs once every socket is bound and it serves.
@@ -41,6 +47,15 @@ pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one `GET /v1/status` may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one DNS query may go unanswered before it counts as a failure:
+/// on loopback an answer takes well under a millisecond, so a second means
+/// the node is not answering, as a resolver would judge it.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long [`HttpInstance::start`] retries binding an address that is still
+/// in use (a port released a moment ago).
+const BIND_RETRY: Duration = Duration::from_secs(1);
 
 /// How often a process's log and exit status are polled while waiting.
 const POLL: Duration = Duration::from_millis(10);
@@ -115,6 +130,12 @@ pub enum LocalClusterError {
         url: String,
         source: serde_json::Error,
     },
+    #[error("DNS query to {server} for {name}: {reason}")]
+    Dns {
+        server: SocketAddr,
+        name: String,
+        reason: String,
+    },
 }
 
 impl LocalClusterError {
@@ -127,6 +148,14 @@ impl LocalClusterError {
     fn is_port_taken(&self) -> bool {
         matches!(self, LocalClusterError::Exited { log_tail, .. } if log_tail.contains("cannot bind"))
     }
+}
+
+/// What a node's DNS names as a service's active instance: its
+/// `_highlander.<service>.<zone>` TXT record, `"instance=<name>" "epoch=<n>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveAnswer {
+    pub instance: String,
+    pub epoch: u64,
 }
 
 /// One node's fixed addresses (kept across restarts) and its process.
@@ -296,6 +325,11 @@ impl LocalCluster {
         self.node(id).dns
     }
 
+    /// The zone every node answers, absolute (`"svc.example."`).
+    pub fn zone(&self) -> &str {
+        &self.config_template.zone
+    }
+
     /// Node `id`'s HTTP API address.
     pub fn api_addr(&self, id: u64) -> SocketAddr {
         self.node(id).api
@@ -451,6 +485,18 @@ impl LocalCluster {
             .map_err(|source| LocalClusterError::StatusBody { url, source })
     }
 
+    /// What node `id`'s DNS names as `service`'s active instance; `Ok(None)`
+    /// while it answers SERVFAIL (no decision yet, or outside the majority).
+    /// No answer within [`DNS_TIMEOUT`], another response code or a TXT
+    /// record without instance and epoch is an error.
+    pub async fn answer(
+        &self,
+        id: u64,
+        service: &str,
+    ) -> Result<Option<ActiveAnswer>, LocalClusterError> {
+        active_answer(self.dns_addr(id), service, self.zone()).await
+    }
+
     /// The leader every live node names, if they all answer and agree and
     /// the leader is itself live.
     pub async fn leader(&self) -> Option<u64> {
@@ -560,6 +606,165 @@ impl Drop for LocalCluster {
         for id in self.node_ids() {
             self.kill(id);
         }
+    }
+}
+
+/// What the DNS server at `server` names as `service`'s active instance in
+/// `zone`, as [`LocalCluster::answer`] does; for callers that query from a
+/// task of their own and cannot borrow the cluster.
+pub async fn active_answer(
+    server: SocketAddr,
+    service: &str,
+    zone: &str,
+) -> Result<Option<ActiveAnswer>, LocalClusterError> {
+    let name = format!("_highlander.{service}.{zone}");
+    let failed = |reason: String| LocalClusterError::Dns {
+        server,
+        name: name.clone(),
+        reason,
+    };
+    let response = tokio::time::timeout(DNS_TIMEOUT, query_txt(server, &name))
+        .await
+        .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
+        .map_err(failed)?;
+    match response.metadata.response_code {
+        ResponseCode::ServFail => return Ok(None),
+        ResponseCode::NoError => {}
+        other => return Err(failed(format!("answered {other}"))),
+    }
+    let (mut instance, mut epoch) = (None, None);
+    for record in &response.answers {
+        if let RData::TXT(data) = &record.data {
+            for part in data.txt_data.iter() {
+                let text = String::from_utf8_lossy(part);
+                if let Some(v) = text.strip_prefix("instance=") {
+                    instance = Some(v.to_owned());
+                }
+                if let Some(v) = text.strip_prefix("epoch=") {
+                    epoch = v.parse::<u64>().ok();
+                }
+            }
+        }
+    }
+    match (instance, epoch) {
+        (Some(instance), Some(epoch)) => Ok(Some(ActiveAnswer { instance, epoch })),
+        other => Err(failed(format!(
+            "NOERROR without an instance and a numeric epoch: {other:?}"
+        ))),
+    }
+}
+
+/// Sends one TXT query for `name` over UDP and waits for the response with
+/// the same id (a stray datagram with another id is skipped).
+async fn query_txt(server: SocketAddr, name: &str) -> Result<Message, String> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("bind a UDP socket: {e}"))?;
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii(name).map_err(|e| format!("not a DNS name: {e}"))?,
+        RecordType::TXT,
+    ));
+    query.metadata.recursion_desired = false;
+    let wire = query.to_vec().map_err(|e| format!("encode: {e}"))?;
+    socket
+        .send_to(&wire, server)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, _) = socket
+            .recv_from(&mut buf)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        let response =
+            Message::from_vec(&buf[..len]).map_err(|e| format!("malformed response: {e}"))?;
+        if response.metadata.id == query.metadata.id {
+            return Ok(response);
+        }
+    }
+}
+
+/// A service instance in the caller's process: an HTTP server on loopback
+/// that answers every request with 200 and its name, until it is killed.
+/// Needs a Tokio runtime; its server task is aborted when it is dropped.
+#[derive(Debug)]
+pub struct HttpInstance {
+    name: String,
+    addr: SocketAddr,
+    /// The accept loop; aborting it closes the listener, so the port
+    /// refuses connections.
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl HttpInstance {
+    /// Starts instance `name` on `addr` (`127.0.0.1:0` picks a free port).
+    /// A killed instance comes back on the address the config names, which
+    /// may still be held for a moment, so a bind that finds the address in
+    /// use is retried for up to [`BIND_RETRY`].
+    pub async fn start(name: &str, addr: SocketAddr) -> Result<HttpInstance, LocalClusterError> {
+        let deadline = Instant::now() + BIND_RETRY;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(e) => {
+                    return Err(LocalClusterError::io(format!(
+                        "bind instance {name} on {addr}"
+                    ))(e));
+                }
+            }
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(LocalClusterError::io("read a bound TCP address"))?;
+        let body = name.to_owned();
+        let server = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 2048];
+                    // Only the request's arrival matters, not its content.
+                    let _ = stream.read(&mut buf).await;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        Ok(HttpInstance {
+            name: name.to_owned(),
+            addr,
+            server,
+        })
+    }
+
+    /// The instance's name, as the config and DNS name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where it listens (and is probed).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Kills the instance: once this returns, its port refuses connections.
+    pub async fn kill(mut self) {
+        self.server.abort();
+        let _ = (&mut self.server).await;
+    }
+}
+
+impl Drop for HttpInstance {
+    fn drop(&mut self) {
+        self.server.abort();
     }
 }
 
@@ -697,6 +902,26 @@ mod tests {
             variant
         );
         assert!(normal.contains("heartbeat = \"50ms\"\n\n[[cluster.nodes]]\nid = 1\n"));
+    }
+
+    #[tokio::test]
+    async fn a_killed_instance_refuses_connections_and_comes_back_on_its_address() {
+        let instance = HttpInstance::start("primary", "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let addr = instance.addr();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(response.ends_with("\r\n\r\nprimary"));
+
+        instance.kill().await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+        let again = HttpInstance::start("primary", addr).await.unwrap();
+        assert_eq!(again.addr(), addr);
+        assert!(tokio::net::TcpStream::connect(addr).await.is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use highlander::config::{self, Config};
+use highlander::ctl;
 use highlander::node::{Node, NodeError};
 use tokio_util::sync::CancellationToken;
 
@@ -57,12 +58,104 @@ enum Command {
         #[arg(long, value_name = "N")]
         node_id: Option<u64>,
     },
+    /// Show the cluster as one node sees it: roles, every service's active
+    /// instance and epoch, every instance's health by node.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Move a service to another healthy instance (planned change).
+    ///
+    /// Without --to, the best healthy other instance by priority. Refused
+    /// (with the reason) when the target is down, drained or already active.
+    Switchover {
+        /// The service to move.
+        service: String,
+        /// The instance to move it to.
+        #[arg(long, value_name = "INSTANCE")]
+        to: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Put an instance in maintenance: it is never chosen while drained; an
+    /// active one is first replaced by the best healthy other instance.
+    Drain {
+        service: String,
+        instance: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take an instance out of maintenance.
+    Undrain {
+        service: String,
+        instance: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print the committed changes (time, index, service, epoch, from, to, reason).
+    Events {
+        /// Only changes after this Raft log index.
+        #[arg(long, default_value_t = 0, value_name = "INDEX")]
+        since: u64,
+        /// Keep printing new changes as they are committed.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Where the operator commands find the API.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The HTTP API of any node, like http://127.0.0.1:8101 (default: the
+    /// first node of --config).
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// The cluster config (for the default API address and the API token).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The API bearer token file (default: the config's [api] token_file).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file, node_id } => check_config(&file, node_id),
+        Command::Status { api } => operate(&api, |t, json| async move {
+            ctl::status(&t, json).await.map(|out| print!("{out}"))
+        }),
+        Command::Switchover { service, to, api } => operate(&api, |t, json| async move {
+            ctl::switchover(&t, &service, to.as_deref(), json)
+                .await
+                .map(|out| print!("{out}"))
+        }),
+        Command::Drain {
+            service,
+            instance,
+            api,
+        } => operate(&api, |t, json| async move {
+            ctl::drain(&t, &service, &instance, false, json)
+                .await
+                .map(|out| print!("{out}"))
+        }),
+        Command::Undrain {
+            service,
+            instance,
+            api,
+        } => operate(&api, |t, json| async move {
+            ctl::drain(&t, &service, &instance, true, json)
+                .await
+                .map(|out| print!("{out}"))
+        }),
+        Command::Events { since, follow, api } => operate(&api, |t, json| async move {
+            ctl::events(&t, since, follow, json, |line| println!("{line}")).await
+        }),
         Command::Run { config, node_id } => {
             init_logging();
             let config = match load(&config, Some(node_id)) {
@@ -77,6 +170,51 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(run(config, node_id))
+        }
+    }
+}
+
+/// Runs one operator command against the API; exit 2 for a usage or config
+/// problem, 1 for a refusal or an unreachable node (with the server's message).
+fn operate<F, Fut>(args: &ApiArgs, command: F) -> ExitCode
+where
+    F: FnOnce(ctl::Target, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ctl::CtlError>>,
+{
+    let target = match ctl::Target::resolve(
+        args.api.as_deref(),
+        args.config.as_deref(),
+        args.token_file.as_deref(),
+    ) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("highlander: {e}");
+            return ExitCode::from(if e.is_usage() {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            });
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("highlander: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(command(target, args.json)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("highlander: {e}");
+            ExitCode::from(if e.is_usage() {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILURE
+            })
         }
     }
 }

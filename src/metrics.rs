@@ -627,6 +627,7 @@ mod tests {
                 epoch: Epoch(epoch),
                 reason,
                 at: 1_000 * index,
+                evidence: Default::default(),
             },
         );
         assert_eq!(outcome, crate::model::ApplyOutcome::Applied);

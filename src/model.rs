@@ -112,6 +112,9 @@ pub enum Command {
         epoch: Epoch,
         reason: Reason,
         at: UnixMillis,
+        /// The health each node reported when the change was decided.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        evidence: Evidence,
     },
     /// Record that every instance of `service` is down while the active one
     /// (still at `epoch`) is kept.
@@ -119,6 +122,8 @@ pub enum Command {
         service: String,
         epoch: Epoch,
         at: UnixMillis,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        evidence: Evidence,
     },
     /// Clear the all-down mark: the active instance (still at `epoch`) is up.
     ClearAllDown {
@@ -141,6 +146,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// Attaches which node saw what (kept by commands that record an event).
+    pub fn with_evidence(mut self, seen: Evidence) -> Command {
+        if let Command::Activate { evidence, .. } | Command::MarkAllDown { evidence, .. } =
+            &mut self
+        {
+            *evidence = seen;
+        }
+        self
+    }
+
     /// The service the command is about.
     pub fn service(&self) -> &str {
         match self {
@@ -210,7 +225,17 @@ pub struct ServiceState {
     pub all_down_since: Option<UnixMillis>,
     /// Instances in maintenance.
     pub drained: BTreeSet<String>,
+    /// Why `active` was chosen (an operator's switchover is not undone by
+    /// an automatic failback).
+    #[serde(default)]
+    pub reason: Option<Reason>,
 }
+
+/// Which node saw what: per instance, each node's verdict (keyed by the node
+/// id as text) when a decision was made. Recorded with every change for the
+/// event history. The keys are text because commands are internally tagged
+/// enums, through which serde cannot read JSON object keys as numbers.
+pub type Evidence = BTreeMap<String, BTreeMap<String, Verdict>>;
 
 /// One committed change, kept for people (API, dashboard) and hooks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +248,9 @@ pub struct Event {
     pub from: Option<String>,
     pub to: Option<String>,
     pub reason: Reason,
+    /// Which node saw what when the change was decided.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub evidence: Evidence,
 }
 
 /// The replicated state: what every node answers from.
@@ -253,6 +281,7 @@ impl State {
                 epoch,
                 reason,
                 at,
+                evidence,
             } => {
                 if *epoch != entry.epoch.next() {
                     return ApplyOutcome::Rejected {
@@ -272,6 +301,7 @@ impl State {
                 entry.epoch = *epoch;
                 entry.since = Some(*at);
                 entry.all_down_since = None;
+                entry.reason = Some(*reason);
                 Event {
                     index,
                     at: *at,
@@ -280,9 +310,12 @@ impl State {
                     from,
                     to: Some(instance.clone()),
                     reason: *reason,
+                    evidence: evidence.clone(),
                 }
             }
-            Command::MarkAllDown { service, epoch, at }
+            Command::MarkAllDown {
+                service, epoch, at, ..
+            }
             | Command::ClearAllDown { service, epoch, at } => {
                 if *epoch != entry.epoch {
                     return ApplyOutcome::Rejected {
@@ -308,6 +341,10 @@ impl State {
                         Reason::AllDown
                     } else {
                         Reason::Recovered
+                    },
+                    evidence: match command {
+                        Command::MarkAllDown { evidence, .. } => evidence.clone(),
+                        _ => Evidence::new(),
                     },
                 }
             }
@@ -418,6 +455,7 @@ mod tests {
             epoch: Epoch(epoch),
             reason: Reason::Failover,
             at: 1000 + epoch,
+            evidence: Evidence::new(),
         }
     }
 
@@ -452,6 +490,39 @@ mod tests {
         );
     }
 
+    /// Regression: evidence keyed by numeric node ids could be written to
+    /// the Raft log but not read back, which stopped the node.
+    #[test]
+    fn commands_round_trip_through_json_with_evidence() {
+        let evidence: Evidence = [(
+            "db1".to_owned(),
+            [
+                ("1".to_owned(), Verdict::Down),
+                ("2".to_owned(), Verdict::Up),
+            ]
+            .into(),
+        )]
+        .into();
+        for command in [
+            activate("db1", 3).with_evidence(evidence.clone()),
+            Command::MarkAllDown {
+                service: "db".into(),
+                epoch: Epoch(3),
+                at: 7,
+                evidence: evidence.clone(),
+            },
+            Command::Drain {
+                service: "db".into(),
+                instance: "db1".into(),
+                at: 8,
+            },
+        ] {
+            let json = serde_json::to_vec(&command).expect("encodes");
+            let back: Command = serde_json::from_slice(&json).expect("decodes");
+            assert_eq!(back, command);
+        }
+    }
+
     #[test]
     fn drained_instance_cannot_be_activated() {
         let mut state = State::default();
@@ -483,6 +554,7 @@ mod tests {
             service: "db".into(),
             epoch: Epoch(1),
             at: 50,
+            evidence: Evidence::new(),
         };
         assert_eq!(state.apply(2, &mark), ApplyOutcome::Applied);
         assert_eq!(state.apply(3, &mark), ApplyOutcome::Unchanged);

@@ -378,6 +378,10 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
         let view = cluster.health_view();
         let state = applied.borrow_and_update().clone();
         for command in engine::decide(&config, &state.state, &view, unix_now()) {
+            let command = {
+                let evidence = cluster.evidence(command.service());
+                command.with_evidence(evidence)
+            };
             let description = command.to_string();
             match cluster.propose(command).await {
                 Ok(ApplyOutcome::Applied) => info!(command = %description, "committed"),

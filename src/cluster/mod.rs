@@ -388,6 +388,22 @@ impl Cluster {
             .per_node(service, instance, Instant::now())
     }
 
+    /// Every node's latest verdict on every instance of `service`.
+    pub fn evidence(&self, service: &str) -> crate::model::Evidence {
+        let Some(config) = self.inner.config.service(service) else {
+            return crate::model::Evidence::new();
+        };
+        config
+            .instances
+            .iter()
+            .map(|i| {
+                let seen = self.verdicts(service, &i.name).into_iter();
+                let seen = seen.map(|(node, v)| (node.to_string(), v)).collect();
+                (i.name.clone(), seen)
+            })
+            .collect()
+    }
+
     /// Sends this node's verdicts to every node (itself included) on every
     /// change and at least once per check interval, until cancelled.
     pub async fn share_observations(
@@ -449,8 +465,25 @@ impl Cluster {
     }
 
     /// Proposes `command` through the leader (forwarding it if this node is
-    /// a follower) and waits until it is committed.
+    /// a follower) and waits until it is committed and applied on this node,
+    /// so what this node answers next already includes it.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome, ClusterError> {
+        let (outcome, index) = self.propose_anywhere(command).await?;
+        let mut applied = self.applied();
+        let caught_up = applied.wait_for(|state| state.index >= index);
+        if tokio::time::timeout(PROPOSAL_TIMEOUT, caught_up)
+            .await
+            .is_err()
+        {
+            warn!(index, "committed, but not applied on this node in time");
+        }
+        Ok(outcome)
+    }
+
+    async fn propose_anywhere(
+        &self,
+        command: Command,
+    ) -> Result<(ApplyOutcome, u64), ClusterError> {
         match self.propose_here(command.clone()).await {
             Err(ForwardError::NotLeader(leader)) if leader != self.inner.id => {
                 let Some(node) = self
@@ -463,7 +496,7 @@ impl Cluster {
                 else {
                     return Err(ForwardError::NoLeader.into());
                 };
-                let answer: Result<Result<ApplyOutcome, ForwardError>, SendError> = self
+                let answer: Result<Result<(ApplyOutcome, u64), ForwardError>, SendError> = self
                     .inner
                     .client
                     .post(
@@ -483,12 +516,13 @@ impl Cluster {
         }
     }
 
-    /// Proposes `command` on this node, which must be the leader.
-    async fn propose_here(&self, command: Command) -> Result<ApplyOutcome, ForwardError> {
+    /// Proposes `command` on this node, which must be the leader; returns
+    /// the outcome and the log index it was committed at.
+    async fn propose_here(&self, command: Command) -> Result<(ApplyOutcome, u64), ForwardError> {
         let write = self.inner.raft.client_write(command);
         match tokio::time::timeout(PROPOSAL_TIMEOUT, write).await {
             Err(_) => Err(ForwardError::Timeout(PROPOSAL_TIMEOUT)),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(e)) => match e.forward_to_leader() {
                 Some(forward) => match forward.leader_id {
                     Some(leader) => Err(ForwardError::NotLeader(leader)),

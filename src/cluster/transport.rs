@@ -331,6 +331,18 @@ impl RaftNetwork<TypeConfig> for PeerNetwork {
     }
 }
 
+/// Commits a proposal forwarded by a follower; answers with the outcome and
+/// the log index.
+pub type ProposeHandler = Box<
+    dyn Fn(
+            crate::model::Command,
+        ) -> futures::future::BoxFuture<
+            'static,
+            Result<(crate::model::ApplyOutcome, u64), super::ForwardError>,
+        > + Send
+        + Sync,
+>;
+
 /// What the server side needs: Raft, the verifier, and the handlers for
 /// observations and forwarded proposals.
 pub struct ServerState {
@@ -346,15 +358,7 @@ pub struct ServerState {
     /// Handles a peer's health observations.
     pub on_observations: Box<dyn Fn(super::quorum::Observations) + Send + Sync>,
     /// Handles a proposal forwarded by a follower.
-    pub propose: Box<
-        dyn Fn(
-                crate::model::Command,
-            ) -> futures::future::BoxFuture<
-                'static,
-                Result<crate::model::ApplyOutcome, super::ForwardError>,
-            > + Send
-            + Sync,
-    >,
+    pub propose: ProposeHandler,
 }
 
 /// The cluster endpoints, served on the node's `rpc` address.

@@ -92,6 +92,8 @@ pub mod raw {
         pub cluster: Cluster,
         pub dns: Dns,
         #[serde(default)]
+        pub api: Option<Api>,
+        #[serde(default)]
         pub services: Vec<Service>,
     }
 
@@ -124,6 +126,12 @@ pub mod raw {
         pub rpc: String,
         pub dns: String,
         pub api: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Api {
+        pub token_file: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -248,7 +256,26 @@ pub struct Config {
     pub file: PathBuf,
     pub cluster: ClusterConfig,
     pub dns: DnsConfig,
+    /// `[api]`: absent means the API is read-only.
+    pub api: Option<ApiConfig>,
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[api]`: who may change things through the HTTP API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub token_file: PathBuf,
+    /// The bearer token mutating requests must carry (trimmed file contents).
+    pub token: String,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("token_file", &self.token_file)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// `[cluster]`: who the nodes are and how they talk.
@@ -530,11 +557,13 @@ impl Config {
             cluster.name = dns.zone.clone();
         }
         let services = v.services(raw.services);
+        let api = raw.api.map(|api| v.api(base, api));
         if v.problems.is_empty() {
             Ok(Config {
                 file: file.to_owned(),
                 cluster,
                 dns,
+                api,
                 services,
             })
         } else {
@@ -792,6 +821,40 @@ impl Validator {
             health_quorum,
             nodes,
         }
+    }
+
+    fn api(&mut self, base: &Path, raw: raw::Api) -> ApiConfig {
+        let token_file = base.join(&raw.token_file);
+        let token = match std::fs::read_to_string(&token_file) {
+            Ok(text) => {
+                let token = text.trim().to_owned();
+                if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                    self.problem(
+                        "api.token_file",
+                        quoted(&raw.token_file),
+                        format!(
+                            "the token in {} must be at least 16 printable characters without spaces (for example `openssl rand -hex 24 > {}`)",
+                            token_file.display(),
+                            raw.token_file
+                        ),
+                    );
+                }
+                token
+            }
+            Err(e) => {
+                self.problem(
+                    "api.token_file",
+                    quoted(&raw.token_file),
+                    format!(
+                        "cannot read {}: {e}; expected a readable file holding the API bearer token (for example `openssl rand -hex 24 > {}`)",
+                        token_file.display(),
+                        raw.token_file
+                    ),
+                );
+                String::new()
+            }
+        };
+        ApiConfig { token_file, token }
     }
 
     fn dns(&mut self, raw: raw::Dns) -> DnsConfig {

@@ -76,6 +76,7 @@ fn config(services: Vec<ServiceConfig>) -> Config {
             hostmaster: "hostmaster.svc.example.".into(),
             on_minority: OnMinority::Servfail,
         },
+        api: None,
         services,
     }
 }

@@ -20,12 +20,12 @@ use crate::harness::{ConfigDir, ZONE, answer, eventually};
 
 /// A probe whose answer the test sets: instances in `down` fail.
 #[derive(Default)]
-struct Switchboard {
+pub struct Switchboard {
     down: Mutex<HashSet<String>>,
 }
 
 impl Switchboard {
-    fn set_down(&self, instance: &str, down: bool) {
+    pub fn set_down(&self, instance: &str, down: bool) {
         let mut set = self.down.lock().unwrap_or_else(|e| e.into_inner());
         if down {
             set.insert(instance.to_owned());
@@ -52,23 +52,27 @@ impl Probe for Switchboard {
     }
 }
 
-struct TestNode {
-    dns: std::net::SocketAddr,
-    cluster: Cluster,
-    probes: Arc<Switchboard>,
+pub struct TestNode {
+    pub dns: std::net::SocketAddr,
+    pub api: std::net::SocketAddr,
+    pub cluster: Cluster,
+    pub probes: Arc<Switchboard>,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), NodeError>>,
 }
 
-struct TestCluster {
-    nodes: Vec<TestNode>,
-    links: Arc<Links>,
+/// The bearer token of every test cluster's API.
+pub const API_TOKEN: &str = "test-api-token-0123456789abcdef";
+
+pub struct TestCluster {
+    pub nodes: Vec<TestNode>,
+    pub links: Arc<Links>,
     _dir: ConfigDir,
 }
 
 impl TestCluster {
     /// Three nodes with fast timings and a short lease; `health_quorum` as given.
-    async fn start(health_quorum: &str) -> Result<TestCluster> {
+    pub async fn start(health_quorum: &str) -> Result<TestCluster> {
         let mut sockets = Vec::new();
         let mut nodes_toml = String::new();
         for id in 1..=3u64 {
@@ -99,6 +103,9 @@ election_timeout_max = "300ms"
 lease = "800ms"
 health_quorum = "{health_quorum}"
 {nodes_toml}
+[api]
+token_file = "api.token"
+
 [dns]
 zone = "{ZONE}"
 
@@ -124,6 +131,7 @@ priority = 2
 "#
         );
         let dir = ConfigDir::new()?;
+        std::fs::write(dir.path().join("api.token"), API_TOKEN)?;
         let file = dir.write(&toml)?;
         let links = Arc::new(Links::default());
         let mut nodes = Vec::new();
@@ -131,6 +139,7 @@ priority = 2
             let id = i as u64 + 1;
             let probes = Arc::new(Switchboard::default());
             let dns = sockets.dns_udp.local_addr()?;
+            let api = sockets.api.local_addr()?;
             let node = Node::new(
                 Config::load(&file)?,
                 id,
@@ -146,6 +155,7 @@ priority = 2
             let task = tokio::spawn(node.run(cancel.clone()));
             nodes.push(TestNode {
                 dns,
+                api,
                 cluster,
                 probes,
                 cancel,
@@ -159,12 +169,12 @@ priority = 2
         })
     }
 
-    fn node(&self, id: u64) -> &TestNode {
+    pub fn node(&self, id: u64) -> &TestNode {
         &self.nodes[(id - 1) as usize]
     }
 
     /// The id every node agrees is the leader (an acting one), once they do.
-    async fn leader(&self) -> Result<u64> {
+    pub async fn leader(&self) -> Result<u64> {
         eventually(Duration::from_secs(10), "an agreed leader", || async {
             let named: HashSet<Option<u64>> =
                 self.nodes.iter().map(|n| n.cluster.role().2).collect();
@@ -176,7 +186,7 @@ priority = 2
         .await
     }
 
-    async fn stop(self) -> Result<()> {
+    pub async fn stop(self) -> Result<()> {
         for node in &self.nodes {
             node.cancel.cancel();
         }

@@ -1,12 +1,18 @@
 //! highlander's integration tests: real nodes, real sockets on 127.0.0.1:0,
 //! real DNS on the wire. One binary; each module is one area.
 
+/// The operator API: auth, validation, forwarding, switchover, drain, events.
+mod api;
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
 /// Real `highlander` processes in a cluster: leader loss, failover, pause, restart, wrong secret.
 mod cluster;
 /// Three nodes in one process with a network and probes the test controls.
-mod cluster_inprocess;
+pub mod cluster_inprocess;
+/// The operator commands against a running cluster.
+mod ctl;
+/// The dashboard in a real headless Chromium: active instance, failover, screenshot.
+mod dashboard;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// `GET /metrics` on a running node: the exposition parses and shows the decision, DNS, probes and Raft.
