@@ -14,6 +14,8 @@
 //! - [`api`]: the HTTP API (status, events, switchover, drain, health).
 //! - [`ctl`]: the operator commands, a client of the HTTP API.
 //! - [`dashboard`]: the on-call web page at `/`, served by the API.
+//! - [`metrics`]: Prometheus metrics and the `GET /metrics` route the node
+//!   serves beside the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
 //!   processes on loopback; never used by a node.
@@ -27,5 +29,6 @@ pub mod dns;
 pub mod engine;
 pub mod health;
 pub mod local_cluster;
+pub mod metrics;
 pub mod model;
 pub mod node;

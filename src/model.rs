@@ -62,6 +62,18 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, so that a per-reason series can exist before its first
+    /// change (a counter that appears at 1 hides that change from `rate()`).
+    pub const ALL: [Reason; 7] = [
+        Reason::Initial,
+        Reason::Failover,
+        Reason::Failback,
+        Reason::Switchover,
+        Reason::Drain,
+        Reason::AllDown,
+        Reason::Recovered,
+    ];
+
     /// The lowercase name used in the API, metrics and hooks.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError, OnMinority};
 use crate::dns::{self, ZoneView};
 use crate::engine;
 use crate::health::{Checker, HealthError, Probe};
+use crate::metrics::{self, Metrics};
 use crate::model::{AppliedState, ApplyOutcome, UnixMillis};
 
 /// How often the leader re-evaluates even when no verdict changed, so a
@@ -113,6 +114,8 @@ pub struct Node {
     checker: Checker,
     health: watch::Receiver<crate::health::LocalHealth>,
     sockets: Sockets,
+    /// Shared by the checker, DNS and `GET /metrics`.
+    metrics: Metrics,
 }
 
 impl Node {
@@ -134,14 +137,18 @@ impl Node {
             Some(probes) => Checker::with_probes(&config, probes, id)?,
             None => Checker::new(&config)?,
         };
+        let metrics = Metrics::new();
+        let checker = checker.with_metrics(metrics.clone());
         let config = Arc::new(config);
         let cluster = Cluster::start(config.clone(), id, options.links).await?;
+        metrics.changes_applied_before_start(cluster.applied().borrow().index);
         Ok(Node {
             config,
             cluster,
             checker,
             health,
             sockets,
+            metrics,
         })
     }
 
@@ -168,6 +175,7 @@ impl Node {
             checker,
             health,
             sockets,
+            metrics,
         } = self;
         info!(
             node = cluster.id(),
@@ -193,7 +201,12 @@ impl Node {
             api::router(ApiState {
                 config: config.clone(),
                 cluster: cluster.clone(),
-            }),
+            })
+            .merge(metrics::router(
+                metrics.clone(),
+                config.clone(),
+                cluster.clone(),
+            )),
             servers.clone(),
         ));
 
@@ -210,11 +223,12 @@ impl Node {
         let dns_stop = servers.clone();
         let dns_lease = lease.clone();
         server_tasks.spawn(async move {
-            let result = dns::serve(
+            let result = dns::serve_with_metrics(
                 sockets.dns_udp,
                 sockets.dns_tcp,
                 zone_rx,
                 dns_lease,
+                metrics,
                 dns_stop,
             )
             .await;

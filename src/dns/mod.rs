@@ -14,6 +14,9 @@
 //! out of the zone and never installs a log subscriber: hickory logs two INFO
 //! lines per request under `hickory_server::server`, which the binary filters.
 //!
+//! Served through [`serve_with_metrics`], it counts each answer by response
+//! code: one atomic add per query, the only thing it does with metrics.
+//!
 //! Choices where the RFCs leave room:
 //! - ANY is answered minimally (RFC 8482): the SOA at the apex, the single
 //!   record elsewhere.
@@ -46,6 +49,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::metrics::Metrics;
 use zone::Lookup;
 pub use zone::ZoneView;
 
@@ -88,7 +92,36 @@ pub async fn serve(
     lease: Lease,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    let mut server = Server::new(Authority { zone, lease });
+    serve_counted(udp, tcp, zone, lease, None, cancel).await
+}
+
+/// [`serve`], counting every answered query in `metrics` by response code.
+/// Messages hickory rejects before they reach the handler (undecodable ones,
+/// answered FORMERR by hickory itself) are not counted.
+pub async fn serve_with_metrics(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    zone: watch::Receiver<Arc<ZoneView>>,
+    lease: Lease,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) -> Result<(), DnsError> {
+    serve_counted(udp, tcp, zone, lease, Some(metrics), cancel).await
+}
+
+async fn serve_counted(
+    udp: UdpSocket,
+    tcp: TcpListener,
+    zone: watch::Receiver<Arc<ZoneView>>,
+    lease: Lease,
+    metrics: Option<Metrics>,
+    cancel: CancellationToken,
+) -> Result<(), DnsError> {
+    let mut server = Server::new(Authority {
+        zone,
+        lease,
+        metrics,
+    });
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_QUEUE);
     // `block_until_done` only returns early if a socket task failed; it is
@@ -110,6 +143,8 @@ struct Authority {
     zone: watch::Receiver<Arc<ZoneView>>,
     /// Whether service names may be answered, checked on every query.
     lease: Lease,
+    /// Where answered queries are counted, if anywhere.
+    metrics: Option<Metrics>,
 }
 
 /// Until when this node may answer service names (S3). The node renews it
@@ -266,6 +301,9 @@ impl RequestHandler for Authority {
         // Clone the snapshot out so the watch borrow ends before any await.
         let zone = Arc::clone(&self.zone.borrow());
         let reply = Authority::reply(request, &zone, self.lease.holds());
+        if let Some(metrics) = &self.metrics {
+            metrics.dns_query(u16::from(reply.code));
+        }
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.code;

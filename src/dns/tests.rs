@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{DnsError, ZoneView, serve};
+use super::{DnsError, ZoneView, serve, serve_with_metrics};
 use crate::config::Config;
 use crate::model::{AppliedState, Epoch, ServiceState};
 
@@ -157,6 +157,14 @@ impl Harness {
     }
 
     async fn start_with_lease(view: ZoneView, lease: crate::dns::Lease) -> Harness {
+        Harness::spawn(view, lease, None).await
+    }
+
+    async fn spawn(
+        view: ZoneView,
+        lease: crate::dns::Lease,
+        metrics: Option<crate::metrics::Metrics>,
+    ) -> Harness {
         let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
         let (udp_addr, tcp_addr) = (
@@ -165,7 +173,13 @@ impl Harness {
         );
         let (zone, rx) = watch::channel(Arc::new(view));
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(serve(udp, tcp, rx, lease, cancel.clone()));
+        let stop = cancel.clone();
+        let task = tokio::spawn(async move {
+            match metrics {
+                Some(metrics) => serve_with_metrics(udp, tcp, rx, lease, metrics, stop).await,
+                None => serve(udp, tcp, rx, lease, stop).await,
+            }
+        });
         Harness {
             udp: udp_addr,
             tcp: tcp_addr,
@@ -860,4 +874,37 @@ fn a_forever_lease_ignores_renewals() {
     assert!(lease.holds());
     let lease = crate::dns::Lease::new();
     assert!(!lease.holds());
+}
+
+#[tokio::test]
+async fn served_with_metrics_every_answer_is_counted_by_response_code() {
+    let (config, _dir) = small_config();
+    let metrics = crate::metrics::Metrics::new();
+    let view = ZoneView::build(&config, &decided(), true);
+    let server = Harness::spawn(view, crate::dns::Lease::forever(), Some(metrics.clone())).await;
+    let asked = [
+        ("db.svc.example.", ResponseCode::NoError),
+        ("_highlander.db.svc.example.", ResponseCode::NoError),
+        ("nope.svc.example.", ResponseCode::NXDomain),
+        ("www.example.org.", ResponseCode::Refused),
+    ];
+    for (qname, code) in asked {
+        let reply = server.udp(&query(qname, RecordType::TXT)).await;
+        assert_eq!(reply.metadata.response_code, code, "{qname}");
+    }
+    let mut tcp = TcpStream::connect(server.tcp).await.expect("connect");
+    let nx = query("gone.svc.example.", RecordType::A);
+    tcp_exchange(&mut tcp, &nx.to_vec().expect("encode")).await;
+    server.stop().await;
+
+    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let count = |rcode: &str| {
+        let series = format!("highlander_dns_queries_total{{rcode=\"{rcode}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse::<u64>().ok())
+    };
+    assert_eq!(count("noerror"), Some(2));
+    assert_eq!(count("nxdomain"), Some(2), "UDP and TCP alike");
+    assert_eq!(count("refused"), Some(1));
+    assert_eq!(count("servfail"), Some(0));
 }

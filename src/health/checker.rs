@@ -15,6 +15,7 @@ use tracing::{debug, error, info};
 
 use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, probe};
 use crate::config::{CheckConfig, Config, InstanceConfig};
+use crate::metrics::{Metrics, ProbeInstruments};
 
 /// At most this many probes run at once, whatever the number of instances:
 /// enough for 10,000 instances at 1 s with slow answers, few enough that a
@@ -36,6 +37,8 @@ pub struct Checker {
     rng: StdRng,
     /// Bounds concurrent probes across all instances.
     permits: Arc<Semaphore>,
+    /// Where probe durations and failures are counted, if anywhere.
+    metrics: Option<Metrics>,
 }
 
 /// One instance and how to check it.
@@ -90,8 +93,15 @@ impl Checker {
             health,
             rng: StdRng::seed_from_u64(jitter_seed),
             permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+            metrics: None,
         };
         Ok((checker, receiver))
+    }
+
+    /// Records every probe's duration and failure in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Probes every instance until `cancel` fires; returns once every instance
@@ -104,7 +114,12 @@ impl Checker {
             // Spread first probes over one interval so that a thousand
             // instances configured together are not probed in one burst.
             let offset = random_below(&mut self.rng, watched.check.interval);
+            let instruments = self
+                .metrics
+                .as_ref()
+                .map(|m| m.probe_instruments(&watched.service, watched.check.kind.name()));
             let task = InstanceTask {
+                instruments,
                 watched,
                 first: start + offset,
                 health: self.health.clone(),
@@ -143,6 +158,8 @@ struct InstanceTask {
     health: watch::Sender<LocalHealth>,
     /// The checker-wide concurrency bound, held for the length of one probe.
     permits: Arc<Semaphore>,
+    /// This service's probe metrics, if the checker has any.
+    instruments: Option<ProbeInstruments>,
 }
 
 impl InstanceTask {
@@ -190,6 +207,9 @@ impl InstanceTask {
     fn record(&self, hysteresis: &mut Hysteresis, report: ProbeReport) {
         let service = &*self.watched.service;
         let instance = self.watched.instance.name.as_str();
+        if let Some(instruments) = &self.instruments {
+            instruments.probe_done(report.took, report.ok);
+        }
         let changed = hysteresis.record(report.ok);
         if let Some(verdict) = changed {
             info!(service, instance, verdict = %verdict, detail = %report.detail, "instance verdict changed");

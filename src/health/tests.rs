@@ -951,6 +951,38 @@ async fn checker_rises_after_rise_probes_and_falls_after_fall() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn checker_with_metrics_records_every_finished_probe() {
+    let config = fake_config(&["ok", "bad"], Duration::from_millis(500), 2, 2);
+    let probe = FakeProbe::new(Act::Pass);
+    probe.set("bad", Act::Hang);
+    let metrics = crate::metrics::Metrics::new();
+    let (checker, mut rx) = Checker::with_probes(&config, vec![("web".into(), probe)], 7)
+        .expect("every service has a probe");
+    let checker = checker.with_metrics(metrics.clone());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(checker.run(cancel.clone()));
+    wait_verdict(&mut rx, "ok", Verdict::Up).await;
+    wait_verdict(&mut rx, "bad", Verdict::Down).await;
+    stop(cancel, handle).await;
+
+    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let labels = r#"{service="web",kind="tcp"}"#;
+    // Two passes and two timeouts at least; a probe cut off by the stop is
+    // not counted.
+    let probes = sample(&format!("highlander_probe_duration_seconds_count{labels}"));
+    let failures = sample(&format!("highlander_probe_failures_total{labels}"));
+    let seconds = sample(&format!("highlander_probe_duration_seconds_sum{labels}"));
+    assert!(probes >= 4.0, "{probes} probes");
+    assert!(failures >= 2.0, "{failures} failures");
+    assert!(seconds >= 1.0, "two timeouts of 500ms take {seconds}s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_hanging_probe_delays_no_other_instance() {
     let config = fake_config(&["fast", "slow"], Duration::from_millis(500), 2, 2);
     let probe = FakeProbe::new(Act::Pass);

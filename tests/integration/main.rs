@@ -15,5 +15,7 @@ mod ctl;
 mod dashboard;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
+/// `GET /metrics` on a running node: the exposition parses and shows the decision, DNS, probes and Raft.
+mod metrics;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;
