@@ -523,13 +523,22 @@ async fn wrong_secret(cluster: &mut LocalCluster) -> Result<()> {
     all_answer(cluster, &ids, &first, CHANGE).await
 }
 
-// Proves a five-node cluster forms and every node answers the same choice
-// from its own DNS and names the same leader.
+// Proves five- and seven-node clusters form and every node answers the same
+// choice from its own DNS and names the same leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_form_a_cluster_and_agree() -> Result<()> {
+    larger_cluster_agrees(5).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seven_nodes_form_a_cluster_and_agree() -> Result<()> {
+    larger_cluster_agrees(7).await
+}
+
+async fn larger_cluster_agrees(nodes: usize) -> Result<()> {
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
-    let cluster = start_cluster(5, &services_toml(&primary, &backup, "manual"))?;
+    let cluster = start_cluster(nodes, &services_toml(&primary, &backup, "manual"))?;
     let result = async {
         let ids = cluster.node_ids();
         let first = Active::new("primary", 1);
