@@ -237,6 +237,9 @@ impl Node {
             tasks.spawn(async move { cluster.bootstrap(work).await });
         }
         tasks.spawn(decide_loop(config.clone(), cluster.clone(), work.clone()));
+        // Hooks run on the leader, in their own loops: never awaited by decisions or DNS.
+        let hooks = crate::hooks::Hooks::new(&config);
+        tasks.spawn(hooks.run(Arc::new(cluster.clone()), work.clone()));
         tasks.spawn(publish_zone(
             config.clone(),
             cluster.clone(),
