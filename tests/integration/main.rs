@@ -15,5 +15,7 @@ mod ctl;
 mod dashboard;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
+/// Hooks: exec and webhook per change, retries, a hanging hook, re-run by the next leader.
+mod hooks;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;
