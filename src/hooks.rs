@@ -112,12 +112,12 @@ pub struct Due {
 /// dropped from the bounded history before a hook ran for them are never
 /// run.
 pub fn next_due(hook: &HookConfig, state: &State) -> Option<Due> {
-    let owed = state
+    let mut owed = state
         .events
         .iter()
         .filter(|e| is_change(e.reason) && hook.covers(&e.service));
     match state.hooks_done.get(&hook.name) {
-        Some(&done) => owed.filter(|e| e.index > done).next().map(|e| Due {
+        Some(&done) => owed.find(|e| e.index > done).map(|e| Due {
             event: e.clone(),
             through: e.index,
         }),
