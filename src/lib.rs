@@ -11,6 +11,8 @@
 //!   transport, the health-observation exchange and quorum view, leadership
 //!   and leases.
 //! - [`dns`]: the authoritative DNS server that answers from the applied state.
+//! - [`hooks`]: the commands and webhooks the leader runs, at least once, after
+//!   each committed change of active instance.
 //! - [`api`]: the HTTP API (status, events, switchover, drain, health).
 //! - [`ctl`]: the operator commands, a client of the HTTP API.
 //! - [`dashboard`]: the on-call web page at `/`, served by the API.
@@ -28,6 +30,7 @@ pub mod dashboard;
 pub mod dns;
 pub mod engine;
 pub mod health;
+pub mod hooks;
 pub mod local_cluster;
 pub mod metrics;
 pub mod model;

@@ -143,6 +143,10 @@ pub enum Command {
         instance: String,
         at: UnixMillis,
     },
+    /// Record that hook `hook` has run for every event it owes up to and
+    /// including the one at log `index`, so no later leader runs it again
+    /// for those (the hook is at least once, not exactly once).
+    HookDone { hook: String, index: u64 },
 }
 
 impl Command {
@@ -156,7 +160,8 @@ impl Command {
         self
     }
 
-    /// The service the command is about.
+    /// The service the command is about; empty for [`Command::HookDone`],
+    /// which is about no service.
     pub fn service(&self) -> &str {
         match self {
             Command::Activate { service, .. }
@@ -164,6 +169,7 @@ impl Command {
             | Command::ClearAllDown { service, .. }
             | Command::Drain { service, .. }
             | Command::Undrain { service, .. } => service,
+            Command::HookDone { .. } => "",
         }
     }
 }
@@ -196,6 +202,9 @@ impl fmt::Display for Command {
             Command::Undrain {
                 service, instance, ..
             } => write!(f, "undrain {service}/{instance}"),
+            Command::HookDone { hook, index } => {
+                write!(f, "hook {hook} ran for events up to index {index}")
+            }
         }
     }
 }
@@ -259,6 +268,11 @@ pub struct State {
     pub services: BTreeMap<String, ServiceState>,
     /// The most recent committed changes, oldest first, at most [`EVENT_HISTORY`].
     pub events: VecDeque<Event>,
+    /// Per hook name, the index of the last event its run was confirmed for
+    /// ([`Command::HookDone`]). Absent from snapshots written before hooks
+    /// existed, hence the default.
+    #[serde(default)]
+    pub hooks_done: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -270,6 +284,19 @@ impl State {
     /// Applies `command`, committed at Raft log `index`. Deterministic: the
     /// same state and command give the same result on every node.
     pub fn apply(&mut self, index: u64, command: &Command) -> ApplyOutcome {
+        if let Command::HookDone { hook, index: done } = command {
+            // Confirmations may arrive out of order (a deposed leader's late
+            // one): the record only moves forward.
+            if self
+                .hooks_done
+                .get(hook)
+                .is_some_and(|record| record >= done)
+            {
+                return ApplyOutcome::Unchanged;
+            }
+            self.hooks_done.insert(hook.clone(), *done);
+            return ApplyOutcome::Applied;
+        }
         let entry = self
             .services
             .entry(command.service().to_owned())
@@ -360,6 +387,8 @@ impl State {
                 }
                 return ApplyOutcome::Applied;
             }
+            // Applied above, before a service entry is made for it.
+            Command::HookDone { .. } => return ApplyOutcome::Unchanged,
         };
         self.record(event);
         ApplyOutcome::Applied
@@ -581,6 +610,32 @@ mod tests {
             state.apply(6, &mark),
             ApplyOutcome::Rejected { .. }
         ));
+    }
+
+    #[test]
+    fn hook_record_only_moves_forward() {
+        let mut state = State::default();
+        let done = |index| Command::HookDone {
+            hook: "notify".into(),
+            index,
+        };
+        assert_eq!(state.apply(1, &activate("db1", 1)), ApplyOutcome::Applied);
+        assert_eq!(state.apply(3, &done(1)), ApplyOutcome::Applied);
+        assert_eq!(state.apply(4, &done(5)), ApplyOutcome::Applied);
+        // A deposed leader's late confirmation of an older event changes nothing.
+        assert_eq!(state.apply(5, &done(1)), ApplyOutcome::Unchanged);
+        assert_eq!(state.hooks_done.get("notify"), Some(&5));
+        // It is no event and touches no service.
+        assert_eq!(state.events.len(), 1);
+        assert_eq!(state.services.keys().collect::<Vec<_>>(), ["db"]);
+    }
+
+    /// Snapshots written before hooks existed have no `hooks_done`.
+    #[test]
+    fn state_without_hook_records_still_loads() {
+        let old = r#"{"services":{},"events":[]}"#;
+        let state: State = serde_json::from_str(old).expect("old snapshot loads");
+        assert!(state.hooks_done.is_empty());
     }
 
     #[test]

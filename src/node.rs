@@ -222,6 +222,7 @@ impl Node {
         lease.renew(cluster.lease_deadline());
         let dns_stop = servers.clone();
         let dns_lease = lease.clone();
+        let hook_metrics = metrics.clone();
         server_tasks.spawn(async move {
             let result = dns::serve_with_metrics(
                 sockets.dns_udp,
@@ -251,6 +252,10 @@ impl Node {
             tasks.spawn(async move { cluster.bootstrap(work).await });
         }
         tasks.spawn(decide_loop(config.clone(), cluster.clone(), work.clone()));
+        // Hooks run on the leader, in their own loops: never awaited by decisions or DNS.
+        let hooks = crate::hooks::Hooks::new(&config)
+            .on_failure(move |hook| hook_metrics.hook_failed(hook));
+        tasks.spawn(hooks.run(Arc::new(cluster.clone()), work.clone()));
         tasks.spawn(publish_zone(
             config.clone(),
             cluster.clone(),

@@ -95,6 +95,23 @@ pub mod raw {
         pub api: Option<Api>,
         #[serde(default)]
         pub services: Vec<Service>,
+        #[serde(default)]
+        pub hooks: Vec<Hook>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Hook {
+        pub name: String,
+        pub kind: String,
+        #[serde(default = "default_hook_timeout")]
+        pub timeout: String,
+        pub services: Option<Vec<String>>,
+        // exec
+        pub command: Option<Vec<String>>,
+        // webhook
+        pub url: Option<String>,
+        pub secret_file: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -247,6 +264,9 @@ pub mod raw {
     fn default_priority() -> i64 {
         1
     }
+    fn default_hook_timeout() -> String {
+        "10s".into()
+    }
 }
 
 /// A validated cluster config.
@@ -259,6 +279,66 @@ pub struct Config {
     /// `[api]`: absent means the API is read-only.
     pub api: Option<ApiConfig>,
     pub services: Vec<ServiceConfig>,
+    /// `[[hooks]]`, in config order.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// `[[hooks]]`: a command or webhook the leader runs once per committed
+/// change of active instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    /// Lowercase, unique: the key of its record in the replicated state.
+    pub name: String,
+    pub kind: HookKind,
+    /// How long one attempt may take before it is abandoned (and retried).
+    pub timeout: Duration,
+    /// The services it runs for; `None` means every service.
+    pub services: Option<Vec<String>>,
+}
+
+impl HookConfig {
+    /// Whether the hook runs for changes of `service`.
+    pub fn covers(&self, service: &str) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == service))
+    }
+}
+
+/// What a hook does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookKind {
+    /// Runs `command` (argv, no shell) with `{service}`, `{old}`, `{new}`,
+    /// `{epoch}`, `{reason}` and `{index}` substituted; success is exit 0.
+    Exec { command: Vec<String> },
+    /// POSTs the change as JSON to `url`; success is a 2xx status.
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+        /// Signs the body (HMAC-SHA256) when set.
+        secret: Option<HookSecret>,
+    },
+}
+
+impl HookKind {
+    /// `exec` or `webhook`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            HookKind::Exec { .. } => "exec",
+            HookKind::Webhook { .. } => "webhook",
+        }
+    }
+}
+
+/// A webhook's signing key (trimmed contents of its `secret_file`); never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HookSecret(pub Vec<u8>);
+
+impl fmt::Debug for HookSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// `[api]`: who may change things through the HTTP API.
@@ -558,6 +638,7 @@ impl Config {
         }
         let services = v.services(raw.services);
         let api = raw.api.map(|api| v.api(base, api));
+        let hooks = v.hooks(base, raw.hooks, &services);
         if v.problems.is_empty() {
             Ok(Config {
                 file: file.to_owned(),
@@ -565,6 +646,7 @@ impl Config {
                 dns,
                 api,
                 services,
+                hooks,
             })
         } else {
             Err(ConfigError::Invalid {
@@ -855,6 +937,171 @@ impl Validator {
             }
         };
         ApiConfig { token_file, token }
+    }
+
+    fn hooks(
+        &mut self,
+        base: &Path,
+        raw: Vec<raw::Hook>,
+        services: &[ServiceConfig],
+    ) -> Vec<HookConfig> {
+        let mut names = HashSet::new();
+        let mut hooks = Vec::new();
+        for (i, hook) in raw.into_iter().enumerate() {
+            let key = format!("hooks[{i}]");
+            let name = hook.name.to_ascii_lowercase();
+            if let Err(why) = check_label(&name) {
+                self.problem(format!("{key}.name"), quoted(&hook.name), why);
+            } else if !names.insert(name.clone()) {
+                self.problem(
+                    format!("{key}.name"),
+                    quoted(&hook.name),
+                    "duplicate hook name; every hook needs its own name (it keys the record of what the hook has run for)",
+                );
+            }
+            let timeout = self.duration(&format!("{key}.timeout"), &hook.timeout);
+            if timeout.is_zero() && humantime::parse_duration(&hook.timeout).is_ok() {
+                self.problem(
+                    format!("{key}.timeout"),
+                    quoted(&hook.timeout),
+                    "must be longer than 0, like \"10s\"",
+                );
+            }
+            let hook_services = hook.services.map(|list| {
+                if list.is_empty() {
+                    self.problem(
+                        format!("{key}.services"),
+                        "[]",
+                        "an empty list runs the hook for nothing; leave the key out to run it for every service",
+                    );
+                }
+                list.iter()
+                    .enumerate()
+                    .map(|(j, written)| {
+                        let service = written.to_ascii_lowercase();
+                        if !services.iter().any(|s| s.name == service) {
+                            let known: Vec<&str> =
+                                services.iter().map(|s| s.name.as_str()).collect();
+                            self.problem(
+                                format!("{key}.services[{j}]"),
+                                quoted(written),
+                                format!(
+                                    "no such service; expected one of the [[services]] names: {}",
+                                    known.join(", ")
+                                ),
+                            );
+                        }
+                        service
+                    })
+                    .collect()
+            });
+            let only_for = |this: &mut Self, field: &str, value: Option<String>, kind: &str| {
+                if let Some(value) = value {
+                    this.problem(
+                        format!("{key}.{field}"),
+                        value,
+                        format!(
+                            "only applies to kind = \"{kind}\", not kind = \"{}\"",
+                            hook.kind
+                        ),
+                    );
+                }
+            };
+            let kind = match hook.kind.as_str() {
+                "exec" => {
+                    only_for(self, "url", hook.url.as_deref().map(quoted), "webhook");
+                    only_for(
+                        self,
+                        "secret_file",
+                        hook.secret_file.as_deref().map(quoted),
+                        "webhook",
+                    );
+                    let command = hook.command.unwrap_or_default();
+                    if command.first().is_none_or(|p| p.is_empty()) {
+                        self.problem(
+                            format!("{key}.command"),
+                            "",
+                            "an exec hook needs a command: an argv list like [\"/usr/local/bin/on-change\", \"{service}\", \"{new}\", \"{epoch}\"]",
+                        );
+                    }
+                    HookKind::Exec { command }
+                }
+                "webhook" => {
+                    only_for(
+                        self,
+                        "command",
+                        hook.command.as_ref().map(|c| format!("{c:?}")),
+                        "exec",
+                    );
+                    let url = hook.url.unwrap_or_default();
+                    if let Err(why) = check_url(&url) {
+                        self.problem(format!("{key}.url"), quoted(&url), why);
+                    }
+                    let (secret_file, secret) = match hook.secret_file {
+                        None => (None, None),
+                        Some(written) => {
+                            let path = base.join(&written);
+                            let secret =
+                                self.hook_secret(&format!("{key}.secret_file"), &written, &path);
+                            (Some(path), Some(secret))
+                        }
+                    };
+                    HookKind::Webhook {
+                        url,
+                        secret_file,
+                        secret,
+                    }
+                }
+                other => {
+                    self.problem(
+                        format!("{key}.kind"),
+                        quoted(other),
+                        "expected \"exec\" (run a command) or \"webhook\" (POST JSON to a URL)",
+                    );
+                    HookKind::Exec {
+                        command: Vec::new(),
+                    }
+                }
+            };
+            hooks.push(HookConfig {
+                name,
+                kind,
+                timeout,
+                services: hook_services,
+            });
+        }
+        hooks
+    }
+
+    fn hook_secret(&mut self, key: &str, written: &str, path: &Path) -> HookSecret {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let secret = bytes.trim_ascii().to_vec();
+                if secret.len() < 16 {
+                    self.problem(
+                        key,
+                        quoted(written),
+                        format!(
+                            "the secret in {} is {} bytes long; use at least 16 random bytes (for example `openssl rand -hex 32 > {written}`)",
+                            path.display(),
+                            secret.len(),
+                        ),
+                    );
+                }
+                HookSecret(secret)
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    quoted(written),
+                    format!(
+                        "cannot read {}: {e}; expected a readable file holding the webhook's signing secret (for example `openssl rand -hex 32 > {written}`)",
+                        path.display(),
+                    ),
+                );
+                HookSecret(Vec::new())
+            }
+        }
     }
 
     fn dns(&mut self, raw: raw::Dns) -> DnsConfig {
@@ -1289,6 +1536,26 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a webhook URL: http or https, with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    const ACCEPTED: &str =
+        "expected an http:// or https:// URL, like \"https://hooks.example/highlander\"";
+    if url.is_empty() {
+        return Err(format!("a webhook needs a url; {ACCEPTED}"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{e}; {ACCEPTED}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported; {ACCEPTED}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("no host; {ACCEPTED}"));
+    }
+    Ok(())
+}
+
 fn check_host_port(address: &str) -> Result<(), String> {
     const ACCEPTED: &str = "expected host:port, like \"10.0.0.11:8080\", \"[2001:db8::11]:8080\" or \"db1.internal:8080\"";
     if address.parse::<SocketAddr>().is_ok() {
@@ -1419,6 +1686,28 @@ pub fn describe(config: &Config) -> String {
                 inst.target
             );
         }
+    }
+    for h in &config.hooks {
+        let _ = writeln!(out);
+        let what = match &h.kind {
+            HookKind::Exec { command } => format!("exec {command:?}"),
+            HookKind::Webhook {
+                url, secret_file, ..
+            } => match secret_file {
+                Some(file) => format!("POST {url}, signed with {}", file.display()),
+                None => format!("POST {url}, unsigned"),
+            },
+        };
+        let services = match &h.services {
+            None => "every service".to_owned(),
+            Some(names) => names.join(", "),
+        };
+        let _ = writeln!(
+            out,
+            "hook {}: {what}; for {services}; timeout {} per attempt",
+            h.name,
+            humantime::format_duration(h.timeout)
+        );
     }
     out
 }

@@ -1720,3 +1720,203 @@ fn empty_cluster_name_is_rejected() {
     );
     assert!(problem.message.contains("leave the key out"), "{problem}");
 }
+
+// ---------------------------------------------------------------- hooks
+
+/// [`BASE`] with `hooks` appended (one or more `[[hooks]]` tables).
+fn with_hooks(hooks: &str) -> String {
+    format!("{BASE}\n{hooks}")
+}
+
+#[test]
+fn hooks_are_read_with_their_defaults() {
+    let fx = Fixture::new();
+    std::fs::write(fx.dir.path().join("hook.secret"), format!("{SECRET}\n")).expect("secret");
+    let config = fx.valid(&with_hooks(
+        r#"
+[[hooks]]
+name = "Notify"
+kind = "exec"
+command = ["/usr/local/bin/on-change", "{service}", "{new}", "{epoch}"]
+
+[[hooks]]
+name = "lb"
+kind = "webhook"
+url = "https://lb.example/highlander"
+secret_file = "hook.secret"
+timeout = "2s"
+services = ["DB"]
+"#,
+    ));
+    assert_eq!(config.hooks.len(), 2);
+    let notify = &config.hooks[0];
+    assert_eq!(notify.name, "notify");
+    assert_eq!(notify.timeout, Duration::from_secs(10));
+    assert_eq!(notify.services, None);
+    assert!(notify.covers("web") && notify.covers("db"));
+    let lb = &config.hooks[1];
+    assert_eq!(lb.timeout, Duration::from_secs(2));
+    assert_eq!(lb.services, Some(vec!["db".to_owned()]));
+    assert!(lb.covers("db") && !lb.covers("web"));
+    match &lb.kind {
+        HookKind::Webhook { url, secret, .. } => {
+            assert_eq!(url, "https://lb.example/highlander");
+            assert_eq!(
+                secret.as_ref().map(|s| s.0.clone()),
+                Some(SECRET.as_bytes().to_vec())
+            );
+        }
+        other => panic!("expected a webhook, got {other:?}"),
+    }
+    assert!(
+        !format!("{config:?}").contains(SECRET),
+        "the secret must not be printed"
+    );
+    assert!(describe(&config).contains("hook lb: POST https://lb.example/highlander"));
+}
+
+#[test]
+fn hook_without_command_is_rejected() {
+    Fixture::new().single_problem(
+        &with_hooks("[[hooks]]\nname = \"notify\"\nkind = \"exec\"\n"),
+        "hooks[0].command",
+        "",
+        "an exec hook needs a command",
+    );
+}
+
+#[test]
+fn hook_of_unknown_kind_is_rejected() {
+    Fixture::new().single_problem(
+        &with_hooks("[[hooks]]\nname = \"notify\"\nkind = \"email\"\n"),
+        "hooks[0].kind",
+        "\"email\"",
+        "expected \"exec\" (run a command) or \"webhook\"",
+    );
+}
+
+#[test]
+fn webhook_url_must_be_http_or_https() {
+    let fx = Fixture::new();
+    for (url, hint) in [
+        ("ftp://files.example/", "scheme \"ftp\" is not supported"),
+        ("lb.example/hook", "expected an http:// or https:// URL"),
+    ] {
+        fx.single_problem(
+            &with_hooks(&format!(
+                "[[hooks]]\nname = \"lb\"\nkind = \"webhook\"\nurl = \"{url}\"\n"
+            )),
+            "hooks[0].url",
+            url,
+            hint,
+        );
+    }
+    fx.single_problem(
+        &with_hooks("[[hooks]]\nname = \"lb\"\nkind = \"webhook\"\n"),
+        "hooks[0].url",
+        "\"\"",
+        "a webhook needs a url",
+    );
+}
+
+#[test]
+fn keys_of_the_other_hook_kind_are_rejected() {
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_hooks(
+            "[[hooks]]\nname = \"n\"\nkind = \"exec\"\ncommand = [\"true\"]\nurl = \"http://x.example/\"\n",
+        ),
+        "hooks[0].url",
+        "\"http://x.example/\"",
+        "only applies to kind = \"webhook\", not kind = \"exec\"",
+    );
+    fx.single_problem(
+        &with_hooks(
+            "[[hooks]]\nname = \"n\"\nkind = \"webhook\"\nurl = \"http://x.example/\"\ncommand = [\"true\"]\n",
+        ),
+        "hooks[0].command",
+        "[\"true\"]",
+        "only applies to kind = \"exec\"",
+    );
+}
+
+#[test]
+fn duplicate_hook_names_are_rejected_ignoring_case() {
+    Fixture::new().single_problem(
+        &with_hooks(
+            "[[hooks]]\nname = \"n\"\nkind = \"exec\"\ncommand = [\"true\"]\n\n[[hooks]]\nname = \"N\"\nkind = \"exec\"\ncommand = [\"true\"]\n",
+        ),
+        "hooks[1].name",
+        "\"N\"",
+        "duplicate hook name",
+    );
+}
+
+#[test]
+fn hook_name_that_is_not_a_dns_label_is_rejected() {
+    Fixture::new().single_problem(
+        &with_hooks("[[hooks]]\nname = \"no tify\"\nkind = \"exec\"\ncommand = [\"true\"]\n"),
+        "hooks[0].name",
+        "\"no tify\"",
+        "expected a DNS label",
+    );
+}
+
+#[test]
+fn hook_for_an_unknown_service_is_rejected() {
+    let fx = Fixture::new();
+    fx.single_problem(
+        &with_hooks(
+            "[[hooks]]\nname = \"n\"\nkind = \"exec\"\ncommand = [\"true\"]\nservices = [\"web\", \"mail\"]\n",
+        ),
+        "hooks[0].services[1]",
+        "\"mail\"",
+        "no such service; expected one of the [[services]] names: web, db",
+    );
+    fx.single_problem(
+        &with_hooks(
+            "[[hooks]]\nname = \"n\"\nkind = \"exec\"\ncommand = [\"true\"]\nservices = []\n",
+        ),
+        "hooks[0].services",
+        "[]",
+        "leave the key out to run it for every service",
+    );
+}
+
+#[test]
+fn bad_hook_timeout_is_rejected() {
+    let fx = Fixture::new();
+    for (timeout, hint) in [("0s", "must be longer than 0"), ("soon", "not a duration")] {
+        fx.single_problem(
+            &with_hooks(&format!(
+                "[[hooks]]\nname = \"n\"\nkind = \"exec\"\ncommand = [\"true\"]\ntimeout = \"{timeout}\"\n"
+            )),
+            "hooks[0].timeout",
+            timeout,
+            hint,
+        );
+    }
+}
+
+#[test]
+fn short_or_missing_webhook_secret_is_rejected() {
+    let fx = Fixture::new();
+    std::fs::write(fx.dir.path().join("short.secret"), "abc\n").expect("secret");
+    let hook = |file: &str| {
+        with_hooks(&format!(
+            "[[hooks]]\nname = \"lb\"\nkind = \"webhook\"\nurl = \"http://lb.example/\"\nsecret_file = \"{file}\"\n"
+        ))
+    };
+    fx.single_problem(
+        &hook("short.secret"),
+        "hooks[0].secret_file",
+        "\"short.secret\"",
+        "is 3 bytes long; use at least 16 random bytes",
+    );
+    fx.single_problem(
+        &hook("missing.secret"),
+        "hooks[0].secret_file",
+        "\"missing.secret\"",
+        "cannot read",
+    );
+}

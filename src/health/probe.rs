@@ -212,61 +212,82 @@ impl ExecProbe {
             .iter()
             .map(|arg| substitute(arg, &self.service, instance))
             .collect();
-        let Some((program, args)) = argv.split_first() else {
-            return Err("empty command".to_owned());
-        };
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // If the probe is dropped (the checker's own timeout, shutdown),
-            // the program must not outlive it.
-            .kill_on_drop(true);
-        // Its own process group, so that what the check starts (a shell's
-        // children) can be killed with it.
-        #[cfg(unix)]
-        command.process_group(0);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start {program:?}: {}", describe_io_error(&e)))?;
-        // Declared after `child`, so dropped before it: the group is killed
-        // while the child's pid (the group id) is still reserved.
-        let group = ProcessGroup::of(&child);
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let run = async {
-            let (status, out, err) = tokio::join!(child.wait(), tail(stdout), tail(stderr));
-            (status, out, err)
-        };
-        let (status, out, err) = match tokio::time::timeout(self.timeout, run).await {
-            Ok(done) => done,
-            Err(_) => {
-                drop(group);
-                // Reap it now rather than leaving it to kill_on_drop, so the
-                // program is gone when the probe reports.
-                let _ = child.kill().await;
-                return Err(format!(
-                    "timed out after {}, killed",
-                    humantime::format_duration(self.timeout)
-                ));
-            }
-        };
-        // Whatever the check left running in its group goes now: a check that
-        // runs every second must not accumulate processes.
-        drop(group);
-        let status = status.map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
-        let mut detail = describe_exit(status);
-        if let Some(line) = last_line(&err).or_else(|| last_line(&out)) {
-            detail.push_str(": ");
-            detail.push_str(&line);
+        run_program(&argv, &[], self.timeout).await
+    }
+}
+
+/// Runs `argv` (no shell) with `env` added to its environment, and waits for
+/// it within `timeout`: `Ok` on exit 0, `Err` otherwise; either way a detail
+/// made of the exit status and the last line of its output. Shared by exec
+/// checks and exec hooks.
+///
+/// The program runs in its own process group, which is killed when this
+/// returns (or its future is dropped), so nothing it started outlives it.
+/// The verdict waits for stdout and stderr to close as well as for the
+/// exit, so a program that leaves a background process holding them open
+/// is judged at the timeout. Output beyond [`MAX_OUTPUT_BYTES`] is drained
+/// and dropped, so the program never blocks on a full pipe.
+pub async fn run_program(
+    argv: &[String],
+    env: &[(&str, String)],
+    timeout: Duration,
+) -> Result<String, String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err("empty command".to_owned());
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // If the caller is dropped (the checker's own timeout, shutdown, a
+        // hook run stopped on leadership loss), the program must not
+        // outlive it.
+        .kill_on_drop(true);
+    // Its own process group, so that what it starts (a shell's children)
+    // can be killed with it.
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {program:?}: {}", describe_io_error(&e)))?;
+    // Declared after `child`, so dropped before it: the group is killed
+    // while the child's pid (the group id) is still reserved.
+    let group = ProcessGroup::of(&child);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let run = async {
+        let (status, out, err) = tokio::join!(child.wait(), tail(stdout), tail(stderr));
+        (status, out, err)
+    };
+    let (status, out, err) = match tokio::time::timeout(timeout, run).await {
+        Ok(done) => done,
+        Err(_) => {
+            drop(group);
+            // Reap it now rather than leaving it to kill_on_drop, so the
+            // program is gone when this returns.
+            let _ = child.kill().await;
+            return Err(format!(
+                "timed out after {}, killed",
+                humantime::format_duration(timeout)
+            ));
         }
-        if status.success() {
-            Ok(detail)
-        } else {
-            Err(detail)
-        }
+    };
+    // Whatever it left running in its group goes now: a check that runs
+    // every second must not accumulate processes.
+    drop(group);
+    let status = status.map_err(|e| format!("cannot wait for {program:?}: {e}"))?;
+    let mut detail = describe_exit(status);
+    if let Some(line) = last_line(&err).or_else(|| last_line(&out)) {
+        detail.push_str(": ");
+        detail.push_str(&line);
+    }
+    if status.success() {
+        Ok(detail)
+    } else {
+        Err(detail)
     }
 }
 
@@ -333,24 +354,37 @@ async fn bounded(
 /// Unknown `{…}` are kept as written.
 pub fn substitute(arg: &str, service: &str, instance: &InstanceConfig) -> String {
     let (host, port) = split_host_port(&instance.address);
+    substitute_fields(
+        arg,
+        &[
+            ("service", service),
+            ("instance", instance.name.as_str()),
+            ("address", instance.address.as_str()),
+            ("host", host),
+            ("port", port),
+        ],
+    )
+}
+
+/// Replaces each `{name}` in `arg` with its value from `fields`, in one pass
+/// so that a substituted value is never substituted again. Unknown `{…}`
+/// are kept as written.
+pub fn substitute_fields(arg: &str, fields: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(arg.len());
     let mut rest = arg;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open..];
-        let value = [
-            ("{service}", service),
-            ("{instance}", instance.name.as_str()),
-            ("{address}", instance.address.as_str()),
-            ("{host}", host),
-            ("{port}", port),
-        ]
-        .into_iter()
-        .find(|(key, _)| after.starts_with(key));
+        let value = fields.iter().find(|(name, _)| {
+            after
+                .strip_prefix('{')
+                .and_then(|a| a.strip_prefix(name))
+                .is_some_and(|a| a.starts_with('}'))
+        });
         match value {
-            Some((key, value)) => {
+            Some((name, value)) => {
                 out.push_str(value);
-                rest = &after[key.len()..];
+                rest = &after[name.len() + 2..];
             }
             None => {
                 out.push('{');
@@ -446,7 +480,7 @@ fn describe_io_error(error: &std::io::Error) -> String {
 
 /// reqwest's own message ("error sending request for url …") says nothing;
 /// the innermost cause does.
-fn describe_http_error(error: &reqwest::Error) -> String {
+pub(crate) fn describe_http_error(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".into();
     }

@@ -78,6 +78,7 @@ fn config(services: Vec<ServiceConfig>) -> Config {
         },
         api: None,
         services,
+        hooks: Vec::new(),
     }
 }
 

@@ -15,6 +15,8 @@ mod ctl;
 mod dashboard;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
+/// Hooks: exec and webhook per change, retries, a hanging hook, re-run by the next leader.
+mod hooks;
 /// `GET /metrics` on a running node: the exposition parses and shows the decision, DNS, probes and Raft.
 mod metrics;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
