@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::serve::{Listener, ListenerExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
+use crate::cluster::tls::{self, TlsListener};
 use crate::cluster::transport::Links;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError, OnMinority};
@@ -116,6 +118,8 @@ pub struct Node {
     sockets: Sockets,
     /// Shared by the checker, DNS and `GET /metrics`.
     metrics: Metrics,
+    /// When `[cluster.tls]` is set, the rpc listener terminates TLS with this.
+    rpc_tls: Option<rustls::ServerConfig>,
 }
 
 impl Node {
@@ -139,6 +143,13 @@ impl Node {
         };
         let metrics = Metrics::new();
         let checker = checker.with_metrics(metrics.clone());
+        let rpc_tls = config
+            .cluster
+            .tls
+            .as_ref()
+            .map(tls::server_config)
+            .transpose()
+            .map_err(ClusterError::from)?;
         let config = Arc::new(config);
         let cluster = Cluster::start(config.clone(), id, options.links).await?;
         metrics.changes_applied_before_start(cluster.applied().borrow().index);
@@ -149,6 +160,7 @@ impl Node {
             health,
             sockets,
             metrics,
+            rpc_tls,
         })
     }
 
@@ -176,12 +188,14 @@ impl Node {
             health,
             sockets,
             metrics,
+            rpc_tls,
         } = self;
         info!(
             node = cluster.id(),
             dns = %local_addr(sockets.dns_udp.local_addr()),
             rpc = %local_addr(sockets.rpc.local_addr()),
             api = %local_addr(sockets.api.local_addr()),
+            rpc_tls = rpc_tls.is_some(),
             zone = %config.dns.zone,
             services = config.services.len(),
             "highlander node started"
@@ -189,12 +203,20 @@ impl Node {
 
         let servers = CancellationToken::new();
         let mut server_tasks: JoinSet<(&'static str, Result<(), NodeError>)> = JoinSet::new();
-        server_tasks.spawn(serve_http(
-            "cluster RPC",
-            sockets.rpc,
-            cluster.router(),
-            servers.clone(),
-        ));
+        match rpc_tls {
+            Some(tls) => server_tasks.spawn(serve_http(
+                "cluster RPC",
+                TlsListener::new(sockets.rpc, tls),
+                cluster.router(),
+                servers.clone(),
+            )),
+            None => server_tasks.spawn(serve_http(
+                "cluster RPC",
+                sockets.rpc,
+                cluster.router(),
+                servers.clone(),
+            )),
+        };
         server_tasks.spawn(serve_http(
             "HTTP API",
             sockets.api,
@@ -296,14 +318,22 @@ fn local_addr(addr: std::io::Result<SocketAddr>) -> SocketAddr {
     addr.unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
-/// Serves `router` on `listener` until `stop`, then drains for [`DRAIN`].
-async fn serve_http(
+/// Serves `router` on `listener` (plain TCP or [`TlsListener`]) until
+/// `stop`, then drains for [`DRAIN`].
+async fn serve_http<L>(
     what: &'static str,
-    listener: TcpListener,
+    listener: L,
     router: axum::Router,
     stop: CancellationToken,
-) -> (&'static str, Result<(), NodeError>) {
+) -> (&'static str, Result<(), NodeError>)
+where
+    L: Listener<Addr = SocketAddr>,
+{
     let addr = local_addr(listener.local_addr());
+    // A no-op tap: axum gives `ConnectInfo<SocketAddr>` (the peer address the
+    // handlers log) to `TcpListener` and to any tapped listener, so tapping
+    // lets the TLS listener serve the same router unchanged.
+    let listener = listener.tap_io(|_| {});
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, service)
         .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -24,6 +24,7 @@
 pub mod auth;
 pub mod quorum;
 pub mod store;
+pub mod tls;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +77,10 @@ pub enum ClusterError {
     Timing(#[from] openraft::ConfigError),
     #[error("cannot start Raft: {0}")]
     Start(String),
+    #[error("cannot set up TLS for the cluster links: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot build the cluster HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
@@ -155,7 +160,8 @@ impl Cluster {
         .validate()?;
 
         let auth = Arc::new(auth::Authenticator::new(&c.name, &c.secret, id));
-        let client = Client::new(auth.clone(), id, links.clone());
+        let tls = c.tls.as_ref().map(tls::client_config).transpose()?;
+        let client = Client::new(auth.clone(), id, links.clone(), tls)?;
         let db = store::open(&config.node_data_dir(id))?;
         let (machine, applied) =
             store::StateMachine::load(db.clone()).map_err(ClusterError::Load)?;

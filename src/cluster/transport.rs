@@ -1,6 +1,7 @@
 //! Cluster traffic between nodes: Raft RPCs, health observations and
-//! forwarded proposals, as authenticated JSON over HTTP/2 (cleartext, prior
-//! knowledge) on each node's `rpc` address.
+//! forwarded proposals, as authenticated JSON over HTTP/2 on each node's
+//! `rpc` address: cleartext with prior knowledge by default, or inside
+//! mutual TLS (ALPN `h2`) when `[cluster.tls]` is set ([`super::tls`]).
 //!
 //! Every request is signed by [`auth::Authenticator`] and verified before its
 //! body is even parsed; a refused request is logged with the peer's address
@@ -118,6 +119,8 @@ pub struct Client {
     auth: Arc<Authenticator>,
     me: NodeId,
     links: Option<Arc<Links>>,
+    /// `"https"` when the links use TLS, else `"http"`.
+    scheme: &'static str,
     /// Per peer, when the newest AppendEntries it accepted was *sent*: the
     /// peer reset its election timer no earlier than that, which is what the
     /// leader's lease may count from (openraft's own quorum-ack metric is
@@ -126,23 +129,30 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for node `me`.
-    pub fn new(auth: Arc<Authenticator>, me: NodeId, links: Option<Arc<Links>>) -> Client {
-        let http = reqwest::Client::builder()
+    /// A client for node `me`; over TLS with `tls` (see [`super::tls::client_config`]).
+    pub fn new(
+        auth: Arc<Authenticator>,
+        me: NodeId,
+        links: Option<Arc<Links>>,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<Client, reqwest::Error> {
+        let builder = reqwest::Client::builder()
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            // Building fails only if TLS cannot initialise, which a cleartext client never does.
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Client {
-            http,
+            .no_proxy();
+        let (builder, scheme) = match tls {
+            Some(config) => (builder.use_preconfigured_tls(config), "https"),
+            None => (builder, "http"),
+        };
+        Ok(Client {
+            http: builder.build()?,
             auth,
             me,
             links,
+            scheme,
             acks: Arc::default(),
-        }
+        })
     }
 
     /// Records that `peer` accepted an AppendEntries sent at `sent`.
@@ -186,7 +196,7 @@ impl Client {
         let nonce: u64 = rand::random();
         let mut request = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme))
             .timeout(timeout)
             .header("content-type", "application/json");
         for (name, value) in self.auth.sign("POST", path, &bytes, unix_millis(), nonce) {

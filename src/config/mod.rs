@@ -7,9 +7,10 @@
 //! (`services[1].instances[0].a`), the value and what would be accepted, so a
 //! person fixes the whole file in one pass.
 //!
-//! Relative paths (`data_dir`, `secret_file`) are taken relative to the
-//! directory of the config file, so a node behaves the same whatever its
-//! working directory. This module reads only the config and secret files.
+//! Relative paths (`data_dir`, `secret_file`, `token_file`, the
+//! `[cluster.tls]` files) are taken relative to the directory of the config
+//! file, so a node behaves the same whatever its working directory. This
+//! module reads only the config file and the files it names.
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -17,6 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A config that cannot be used, with every reason why.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +138,16 @@ pub mod raw {
         pub health_quorum: String,
         #[serde(default)]
         pub nodes: Vec<Node>,
+        #[serde(default)]
+        pub tls: Option<Tls>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Tls {
+        pub cert_file: String,
+        pub key_file: String,
+        pub ca_file: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -382,6 +396,72 @@ pub struct ClusterConfig {
     pub health_quorum: HealthQuorum,
     /// Sorted by id.
     pub nodes: Vec<NodeConfig>,
+    /// `[cluster.tls]`: mutual TLS on the cluster links; cleartext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[cluster.tls]`: this node's certificate and key, and the CA every
+/// node's certificate is signed by, parsed from PEM at load.
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
+    /// This node's certificate first, then any intermediates.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// The only roots a peer's certificate is verified against.
+    pub ca: Vec<CertificateDer<'static>>,
+}
+
+// By hand because `PrivateKeyDer` is cloned only on purpose (`clone_key`).
+impl Clone for TlsConfig {
+    fn clone(&self) -> TlsConfig {
+        TlsConfig {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl PartialEq for TlsConfig {
+    fn eq(&self, other: &TlsConfig) -> bool {
+        (
+            &self.cert_file,
+            &self.key_file,
+            &self.ca_file,
+            &self.cert_chain,
+            &self.ca,
+        ) == (
+            &other.cert_file,
+            &other.key_file,
+            &other.ca_file,
+            &other.cert_chain,
+            &other.ca,
+        ) && self.key == other.key
+    }
+}
+
+impl Eq for TlsConfig {}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The private key never reaches a log line.
+        f.debug_struct("TlsConfig")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("ca_file", &self.ca_file)
+            .field(
+                "cert_chain",
+                &format_args!("{} certificate(s)", self.cert_chain.len()),
+            )
+            .field("key", &"<redacted>")
+            .field("ca", &format_args!("{} certificate(s)", self.ca.len()))
+            .finish()
+    }
 }
 
 /// `health_quorum`: whose verdicts make an instance up or down.
@@ -436,6 +516,7 @@ impl fmt::Debug for ClusterConfig {
             .field("lease", &self.lease)
             .field("health_quorum", &self.health_quorum)
             .field("nodes", &self.nodes)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -891,6 +972,7 @@ impl Validator {
             });
         }
         nodes.sort_by_key(|n| n.id);
+        let tls = raw.tls.and_then(|tls| self.tls(base, tls));
         ClusterConfig {
             data_dir,
             secret_file,
@@ -902,6 +984,151 @@ impl Validator {
             lease,
             health_quorum,
             nodes,
+            tls,
+        }
+    }
+
+    /// Reads and checks `[cluster.tls]`; `None` (with problems recorded) if
+    /// any file is unusable.
+    fn tls(&mut self, base: &Path, raw: raw::Tls) -> Option<TlsConfig> {
+        let cert_file = base.join(&raw.cert_file);
+        let key_file = base.join(&raw.key_file);
+        let ca_file = base.join(&raw.ca_file);
+        let cert_chain = self.pem_certs(
+            "cluster.tls.cert_file",
+            &raw.cert_file,
+            &cert_file,
+            "this node's certificate (then any intermediates)",
+        );
+        let ca = self.pem_certs(
+            "cluster.tls.ca_file",
+            &raw.ca_file,
+            &ca_file,
+            "the certificate of the CA that signs every node's certificate",
+        );
+        let key = self.pem_key(&raw.key_file, &key_file);
+        let tls = TlsConfig {
+            cert_file,
+            key_file,
+            ca_file,
+            cert_chain: cert_chain?,
+            key: key?,
+            ca: ca?,
+        };
+        match crate::cluster::tls::check(&tls) {
+            Ok(()) => Some(tls),
+            Err(e @ crate::cluster::tls::TlsError::Ca(_)) => {
+                self.problem(
+                    "cluster.tls.ca_file",
+                    quoted(&raw.ca_file),
+                    format!(
+                        "{e}; expected the PEM certificate of the CA that signs every node's certificate"
+                    ),
+                );
+                None
+            }
+            Err(e @ crate::cluster::tls::TlsError::Identity(_)) => {
+                self.problem(
+                    "cluster.tls.key_file",
+                    quoted(&raw.key_file),
+                    format!(
+                        "{e}; expected the private key of the certificate in {}",
+                        raw.cert_file
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The PEM certificates in `file`, at least one.
+    fn pem_certs(
+        &mut self,
+        key: &str,
+        value: &str,
+        file: &Path,
+        expected: &str,
+    ) -> Option<Vec<CertificateDer<'static>>> {
+        let bytes = self.read_tls_file(key, value, file, expected)?;
+        match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => Some(certs),
+            Ok(_) => {
+                self.problem(
+                    key,
+                    quoted(value),
+                    format!(
+                        "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----); expected {expected}",
+                        file.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    key,
+                    quoted(value),
+                    format!(
+                        "{} is not valid PEM ({e}); expected {expected}",
+                        file.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The PEM private key in `file` (PKCS#8, PKCS#1 or SEC1).
+    fn pem_key(&mut self, value: &str, file: &Path) -> Option<PrivateKeyDer<'static>> {
+        const KEY: &str = "cluster.tls.key_file";
+        const EXPECTED: &str = "this node's private key in PEM (PKCS#8, PKCS#1 or SEC1)";
+        let bytes = self.read_tls_file(KEY, value, file, EXPECTED)?;
+        match PrivateKeyDer::from_pem_slice(&bytes) {
+            Ok(key) => Some(key),
+            Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+                self.problem(
+                    KEY,
+                    quoted(value),
+                    format!(
+                        "{} holds no PEM private key; expected {EXPECTED}",
+                        file.display()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.problem(
+                    KEY,
+                    quoted(value),
+                    format!(
+                        "{} is not valid PEM ({e}); expected {EXPECTED}",
+                        file.display()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn read_tls_file(
+        &mut self,
+        key: &str,
+        value: &str,
+        file: &Path,
+        expected: &str,
+    ) -> Option<Vec<u8>> {
+        match std::fs::read(file) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.problem(
+                    key,
+                    quoted(value),
+                    format!(
+                        "cannot read {}: {e}; expected a readable PEM file with {expected}",
+                        file.display()
+                    ),
+                );
+                None
+            }
         }
     }
 
@@ -1608,6 +1835,19 @@ pub fn describe(config: &Config) -> String {
             n.id, n.rpc, n.dns, n.api
         );
     }
+    let _ = match &c.tls {
+        None => writeln!(
+            out,
+            "  links: cleartext HTTP/2 (HMAC-signed, not encrypted)"
+        ),
+        Some(tls) => writeln!(
+            out,
+            "  links: mutual TLS; certificate {}, key {}, CA {}",
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            tls.ca_file.display()
+        ),
+    };
     let _ = writeln!(out);
     let _ = writeln!(
         out,

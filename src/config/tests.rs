@@ -1920,3 +1920,139 @@ fn short_or_missing_webhook_secret_is_rejected() {
         "cannot read",
     );
 }
+
+// ---------------------------------------------------------------- [cluster.tls]
+
+/// [`BASE`] with a `[cluster.tls]` table naming `cert`, `key` and `ca`.
+fn with_tls(cert: &str, key: &str, ca: &str) -> String {
+    base_with(&[(
+        "[dns]",
+        &format!(
+            "[cluster.tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nca_file = \"{ca}\"\n\n[dns]"
+        ),
+    )])
+}
+
+impl Fixture {
+    /// Writes `ca.pem`, and `node.pem`/`node.key` signed by it for 127.0.0.1,
+    /// into `certs/`; returns the node's key PEM.
+    fn write_tls(&self) -> String {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = self.dir.path().join("certs");
+        std::fs::create_dir_all(&dir).expect("certs dir");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().expect("CA key");
+        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+        let key = KeyPair::generate().expect("node key");
+        let node = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("node cert");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write CA");
+        std::fs::write(dir.join("node.pem"), node.pem()).expect("write cert");
+        std::fs::write(dir.join("node.key"), key.serialize_pem()).expect("write key");
+        key.serialize_pem()
+    }
+}
+
+#[test]
+fn links_are_cleartext_without_a_tls_table() {
+    let config = Fixture::new().valid(BASE);
+    assert_eq!(config.cluster.tls, None);
+    assert!(describe(&config).contains("links: cleartext"));
+}
+
+#[test]
+fn tls_files_are_read_relative_to_the_config_dir() {
+    let fx = Fixture::new();
+    fx.write_tls();
+    let config = fx.valid(&with_tls(
+        "certs/node.pem",
+        "certs/node.key",
+        "certs/ca.pem",
+    ));
+    let tls = config.cluster.tls.as_ref().expect("tls");
+    assert_eq!(tls.cert_file, fx.dir.path().join("certs/node.pem"));
+    assert_eq!(tls.key_file, fx.dir.path().join("certs/node.key"));
+    assert_eq!(tls.ca_file, fx.dir.path().join("certs/ca.pem"));
+    assert_eq!((tls.cert_chain.len(), tls.ca.len()), (1, 1));
+    assert!(describe(&config).contains("links: mutual TLS"));
+}
+
+#[test]
+fn tls_private_key_never_reaches_debug_output() {
+    let fx = Fixture::new();
+    let key = fx.write_tls();
+    let config = fx.valid(&with_tls(
+        "certs/node.pem",
+        "certs/node.key",
+        "certs/ca.pem",
+    ));
+    let shown = format!("{config:?}");
+    assert!(shown.contains("<redacted>"));
+    let body = key.lines().nth(1).expect("a base64 line");
+    assert!(!shown.contains(body), "{shown}");
+}
+
+#[test]
+fn unreadable_tls_cert_file_is_rejected() {
+    let fx = Fixture::new();
+    fx.write_tls();
+    fx.single_problem(
+        &with_tls("certs/missing.pem", "certs/node.key", "certs/ca.pem"),
+        "cluster.tls.cert_file",
+        "\"certs/missing.pem\"",
+        "cannot read",
+    );
+}
+
+#[test]
+fn tls_key_file_without_a_key_is_rejected() {
+    let fx = Fixture::new();
+    fx.write_tls();
+    fx.single_problem(
+        &with_tls("certs/node.pem", "certs/node.pem", "certs/ca.pem"),
+        "cluster.tls.key_file",
+        "\"certs/node.pem\"",
+        "holds no PEM private key",
+    );
+}
+
+#[test]
+fn tls_ca_file_without_a_certificate_is_rejected() {
+    let fx = Fixture::new();
+    fx.write_tls();
+    fx.single_problem(
+        &with_tls("certs/node.pem", "certs/node.key", "cluster.secret"),
+        "cluster.tls.ca_file",
+        "\"cluster.secret\"",
+        "holds no PEM certificate",
+    );
+}
+
+#[test]
+fn tls_key_that_does_not_match_the_certificate_is_rejected() {
+    let fx = Fixture::new();
+    fx.write_tls();
+    let other = rcgen::KeyPair::generate().expect("key");
+    std::fs::write(fx.dir.path().join("other.key"), other.serialize_pem()).expect("write");
+    fx.single_problem(
+        &with_tls("certs/node.pem", "other.key", "certs/ca.pem"),
+        "cluster.tls.key_file",
+        "\"other.key\"",
+        "expected the private key of the certificate in certs/node.pem",
+    );
+}
+
+#[test]
+fn unknown_key_in_the_tls_table_is_a_syntax_error() {
+    let fx = Fixture::new();
+    let text = with_tls("a.pem", "a.key", "ca.pem").replace("ca_file", "ca_cert");
+    match fx.parse(&text) {
+        Err(ConfigError::Syntax { message, .. }) => {
+            assert!(message.contains("ca_cert"), "{message}")
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}

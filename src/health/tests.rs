@@ -69,6 +69,7 @@ fn config(services: Vec<ServiceConfig>) -> Config {
             lease: Duration::from_secs(2),
             health_quorum: HealthQuorum::Majority,
             nodes: Vec::new(),
+            tls: None,
         },
         dns: DnsConfig {
             zone: "svc.example.".into(),

@@ -73,6 +73,17 @@ pub struct TestCluster {
 impl TestCluster {
     /// Three nodes with fast timings and a short lease; `health_quorum` as given.
     pub async fn start(health_quorum: &str) -> Result<TestCluster> {
+        TestCluster::start_with(health_quorum, |_| String::new(), |_| Ok(())).await
+    }
+
+    /// Like [`TestCluster::start`], with `node_toml(id)` appended to node
+    /// `id`'s `[cluster]` table (each node reads its own copy of the config,
+    /// `node-N.toml`), after `prepare(dir)` has written any files it names.
+    pub async fn start_with(
+        health_quorum: &str,
+        node_toml: impl Fn(u64) -> String,
+        prepare: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<TestCluster> {
         let mut sockets = Vec::new();
         let mut nodes_toml = String::new();
         for id in 1..=3u64 {
@@ -103,6 +114,7 @@ election_timeout_max = "300ms"
 lease = "800ms"
 health_quorum = "{health_quorum}"
 {nodes_toml}
+@NODE@
 [api]
 token_file = "api.token"
 
@@ -132,7 +144,7 @@ priority = 2
         );
         let dir = ConfigDir::new()?;
         std::fs::write(dir.path().join("api.token"), API_TOKEN)?;
-        let file = dir.write(&toml)?;
+        prepare(dir.path())?;
         let links = Arc::new(Links::default());
         let mut nodes = Vec::new();
         for (i, sockets) in sockets.into_iter().enumerate() {
@@ -140,6 +152,8 @@ priority = 2
             let probes = Arc::new(Switchboard::default());
             let dns = sockets.dns_udp.local_addr()?;
             let api = sockets.api.local_addr()?;
+            let file = dir.path().join(format!("node-{id}.toml"));
+            std::fs::write(&file, toml.replace("@NODE@", &node_toml(id)))?;
             let node = Node::new(
                 Config::load(&file)?,
                 id,

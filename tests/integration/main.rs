@@ -21,3 +21,5 @@ mod hooks;
 mod metrics;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;
+/// `[cluster.tls]`: three nodes over mutual TLS; a node with another CA's certificate is refused.
+mod tls;
