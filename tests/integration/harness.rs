@@ -10,19 +10,19 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::task::JoinHandle;
+use highlander::local_cluster::HttpInstance;
+use tokio::net::UdpSocket;
 
 /// The zone every test config serves.
 pub const ZONE: &str = "svc.test.";
 
 /// A tiny HTTP server standing in for a service instance: it answers every
-/// request with 200 and its name, until it is killed.
+/// request with 200 and its name, until it is killed (the kit's
+/// [`HttpInstance`], with its name and address at hand).
 pub struct Instance {
     pub name: String,
     pub addr: SocketAddr,
-    server: JoinHandle<()>,
+    server: HttpInstance,
 }
 
 impl Instance {
@@ -34,44 +34,17 @@ impl Instance {
     /// Starts an instance on `addr`: a killed instance comes back at the
     /// address the config names.
     pub async fn start_at(name: &str, addr: SocketAddr) -> Result<Instance> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("bind instance {name} on {addr}"))?;
-        let addr = listener.local_addr()?;
-        let body = name.to_owned();
-        let server = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    // Read the request head; the content does not matter.
-                    let _ = stream.read(&mut buf).await;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
-                        body.len(),
-                        body
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
+        let server = HttpInstance::start(name, addr).await?;
         Ok(Instance {
             name: name.to_owned(),
-            addr,
+            addr: server.addr(),
             server,
         })
     }
 
     /// Kills the instance: its port refuses connections from now on.
-    pub async fn kill(mut self) {
-        self.server.abort();
-        let _ = (&mut self.server).await;
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.server.abort();
+    pub async fn kill(self) {
+        self.server.kill().await;
     }
 }
 
