@@ -28,8 +28,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::api::Events;
 use crate::local_cluster::{
-    ActiveAnswer, ClusterSpec, HttpInstance, LocalCluster, LocalClusterError, active_address,
-    active_answer,
+    ActiveAnswer, ClusterSpec, DIR_PREFIX, HttpInstance, LocalCluster, LocalClusterError,
+    active_address, active_answer,
 };
 use crate::model::Verdict;
 
@@ -283,6 +283,10 @@ struct Demo {
     restores: usize,
     /// Stops the client when the demo is dropped.
     _client: DropGuard,
+    /// The janitor's standard input: closed when the demo exits, however it
+    /// exits, which tells the janitor to remove the temporary directory.
+    /// Declared after `cluster`, so a normal exit removes it first.
+    _janitor: Option<std::process::ChildStdin>,
 }
 
 async fn story(options: DemoOptions) -> Result<Summary, DemoError> {
@@ -330,6 +334,7 @@ async fn story(options: DemoOptions) -> Result<Summary, DemoError> {
         }
     );
 
+    let janitor = spawn_janitor(&options.binary, cluster.dir());
     let seen: Shared = Arc::default();
     let cancel = CancellationToken::new();
     let dns: Vec<(u64, SocketAddr)> = cluster
@@ -359,6 +364,7 @@ async fn story(options: DemoOptions) -> Result<Summary, DemoError> {
         leader_kills: 0,
         restores: 0,
         _client: cancel.clone().drop_guard(),
+        _janitor: janitor,
         options,
     };
 
@@ -896,6 +902,62 @@ impl Demo {
             },
         });
     }
+}
+
+/// Starts `highlander demo-janitor` for `dir`, holding its standard input.
+/// Without it, a demo killed with SIGKILL would leave the directory behind
+/// (its nodes die by themselves). `None`, with a note, if it cannot start.
+fn spawn_janitor(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+) -> Option<std::process::ChildStdin> {
+    let spawned = std::process::Command::new(binary)
+        .arg("demo-janitor")
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => child.stdin.take(),
+        Err(e) => {
+            println!(
+                "(no janitor: {e}; if the demo is killed with SIGKILL, remove {} yourself)",
+                dir.display()
+            );
+            None
+        }
+    }
+}
+
+/// `highlander demo-janitor DIR`: waits until standard input closes (the
+/// demo exited, however it exited), then removes `DIR`, which must be a
+/// local_cluster temporary directory. Nothing to do after a normal exit.
+pub fn janitor(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Read;
+    let is_cluster_dir = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(DIR_PREFIX));
+    if !is_cluster_dir {
+        return Err(std::io::Error::other(format!(
+            "{} is not a {DIR_PREFIX}* directory",
+            dir.display()
+        )));
+    }
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    // The nodes get SIGKILL as the demo dies; a node still closing a file
+    // cannot recreate the directory, but give removal a second try.
+    for _ in 0..2 {
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            _ => return Ok(()),
+        }
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 /// The client: every [`CLIENT_EVERY`], resolve through every node at once,

@@ -60,6 +60,9 @@ const BIND_RETRY: Duration = Duration::from_secs(1);
 /// How often a process's log and exit status are polled while waiting.
 const POLL: Duration = Duration::from_millis(10);
 
+/// How the name of every cluster's temporary directory begins.
+pub const DIR_PREFIX: &str = "highlander-cluster-";
+
 /// The secret file every node of the cluster reads.
 const SECRET_FILE: &str = "cluster.secret";
 
@@ -240,7 +243,7 @@ impl LocalCluster {
 
     fn start_once(binary: &Path, spec: &ClusterSpec) -> Result<LocalCluster, LocalClusterError> {
         let dir = tempfile::Builder::new()
-            .prefix("highlander-cluster-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(LocalClusterError::io("create a temporary directory"))?;
         let ids: Vec<u64> = (1..=spec.nodes as u64).collect();

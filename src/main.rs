@@ -112,6 +112,12 @@ enum Command {
         #[arg(long)]
         manual_failback: bool,
     },
+    /// Removes a demo's temporary directory once the demo exits (internal).
+    #[command(hide = true)]
+    DemoJanitor {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print the committed changes (time, index, service, epoch, from, to, reason).
     Events {
         /// Only changes after this Raft log index.
@@ -181,6 +187,13 @@ fn main() -> ExitCode {
             scripted,
             manual_failback,
         } => demo(interactive, scripted, manual_failback),
+        Command::DemoJanitor { dir } => match highlander::demo::janitor(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("highlander demo-janitor: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Run { config, node_id } => {
             init_logging();
             let config = match load(&config, Some(node_id)) {

@@ -1,6 +1,8 @@
-//! `highlander demo --scripted`: the story runs end to end, exits 0 with a
-//! summary of what it measured, and leaves no node process or directory.
+//! `highlander demo`: `--scripted` runs the story end to end and exits 0
+//! with a summary of what it measured; however the demo ends (even by
+//! SIGKILL) no node process or temporary directory is left.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,24 +77,82 @@ fn scripted_demo_tells_the_story_and_cleans_up() {
     );
 
     // Nothing survives the demo: no node process, no temporary directory.
-    let pids: Vec<&str> = stdout
+    let (pids, dir) = leftovers(&stdout);
+    for pid in pids {
+        assert!(!node_alive(&pid), "node process {pid} survived the demo");
+    }
+    assert!(!Path::new(&dir).exists(), "{dir} survived the demo");
+}
+
+#[test]
+fn a_demo_killed_with_sigkill_leaves_no_node_and_no_directory() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_highlander"))
+        .arg("demo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start highlander demo");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Read until the demo has named its nodes and directory.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("temporary directory: ") {
+                let _ = tx.send(seen.clone());
+            }
+        }
+    });
+    let Ok(seen) = rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the demo never named its temporary directory");
+    };
+    let (pids, dir) = leftovers(&seen);
+    assert!(pids.iter().all(|pid| node_alive(pid)), "{seen}");
+    child.kill().expect("SIGKILL the demo");
+    child.wait().expect("reap the demo");
+
+    // The kernel kills the nodes (PR_SET_PDEATHSIG); the janitor removes
+    // the directory. Poll: both take a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<&String> = pids.iter().filter(|pid| node_alive(pid)).collect();
+        let dir_left = Path::new(&dir).exists();
+        if alive.is_empty() && !dir_left {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after SIGKILL: nodes {alive:?} alive, {dir} left: {dir_left}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The node pids and the temporary directory the demo printed.
+fn leftovers(stdout: &str) -> (Vec<String>, String) {
+    let pids: Vec<String> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("node ")?.split(": pid ").nth(1))
         .filter_map(|rest| rest.split(',').next())
+        .map(str::to_owned)
         .collect();
     assert_eq!(pids.len(), 3, "three node pids in:\n{stdout}");
-    for pid in pids {
-        assert!(!node_alive(pid), "node process {pid} survived the demo");
-    }
     let dir = stdout
         .lines()
         .find_map(|l| l.strip_prefix("temporary directory: "))
-        .expect("the demo names its temporary directory");
-    assert!(!Path::new(dir).exists(), "{dir} survived the demo");
+        .expect("the demo names its temporary directory")
+        .to_owned();
+    (pids, dir)
 }
 
-/// Whether `pid` is a running `highlander` process (a reused pid running
-/// something else does not count).
+/// Whether `pid` is a running `highlander run` process (a zombie, or a
+/// reused pid running something else, does not count).
 fn node_alive(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .is_ok_and(|cmdline| cmdline.contains("highlander") && cmdline.contains("run"))

@@ -13,7 +13,7 @@ pub mod cluster_inprocess;
 mod ctl;
 /// The dashboard in a real headless Chromium: active instance, failover, screenshot.
 mod dashboard;
-/// `highlander demo --scripted`: the story, its summary, and nothing left behind.
+/// `highlander demo`: the scripted story and its summary; nothing left behind, even after SIGKILL.
 mod demo;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
