@@ -19,6 +19,8 @@
 //! - [`metrics`]: Prometheus metrics and the `GET /metrics` route the node
 //!   serves beside the API.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
+//! - [`demo`]: `highlander demo`, the whole system on loopback telling its
+//!   story (failover, leader loss, failback) with a measured summary.
 //! - [`local_cluster`]: a test and demo kit that runs real `highlander`
 //!   processes on loopback; never used by a node.
 
@@ -27,6 +29,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dashboard;
+pub mod demo;
 pub mod dns;
 pub mod engine;
 pub mod health;

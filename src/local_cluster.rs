@@ -23,7 +23,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -60,6 +60,9 @@ const BIND_RETRY: Duration = Duration::from_secs(1);
 /// How often a process's log and exit status are polled while waiting.
 const POLL: Duration = Duration::from_millis(10);
 
+/// How the name of every cluster's temporary directory begins.
+pub const DIR_PREFIX: &str = "highlander-cluster-";
+
 /// The secret file every node of the cluster reads.
 const SECRET_FILE: &str = "cluster.secret";
 
@@ -80,6 +83,12 @@ pub struct ClusterSpec {
     /// whatever the caller's environment says, so logs read the same in
     /// every run.
     pub log_filter: Option<String>,
+    /// Ask the kernel to SIGKILL each node when the thread that spawned it
+    /// exits (`PR_SET_PDEATHSIG`), so a caller killed with SIGKILL leaves no
+    /// node behind. Only for a caller that starts and restarts nodes from
+    /// one thread living as long as the cluster (`highlander demo` does):
+    /// a node spawned from a short-lived thread would die with it.
+    pub die_with_parent: bool,
 }
 
 impl ClusterSpec {
@@ -93,6 +102,7 @@ impl ClusterSpec {
             extra_cluster_toml: String::new(),
             secret: None,
             log_filter: None,
+            die_with_parent: false,
         }
     }
 }
@@ -179,6 +189,8 @@ struct LocalNode {
 pub struct LocalCluster {
     binary: PathBuf,
     log_filter: Option<String>,
+    /// [`ClusterSpec::die_with_parent`], applied to every spawn.
+    die_with_parent: bool,
     /// The config rendered for a given secret file, for variants.
     config_template: ConfigTemplate,
     config: PathBuf,
@@ -231,7 +243,7 @@ impl LocalCluster {
 
     fn start_once(binary: &Path, spec: &ClusterSpec) -> Result<LocalCluster, LocalClusterError> {
         let dir = tempfile::Builder::new()
-            .prefix("highlander-cluster-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(LocalClusterError::io("create a temporary directory"))?;
         let ids: Vec<u64> = (1..=spec.nodes as u64).collect();
@@ -262,6 +274,7 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             binary: binary.to_owned(),
             log_filter: spec.log_filter.clone(),
+            die_with_parent: spec.die_with_parent,
             config_template: template,
             nodes: ids
                 .iter()
@@ -517,6 +530,7 @@ impl LocalCluster {
     fn spawn(&mut self, id: u64, config: &Path) -> Result<u64, LocalClusterError> {
         let binary = self.binary.clone();
         let filter = self.log_filter.clone();
+        let die_with_parent = self.die_with_parent;
         let cwd = self.dir.path().to_owned();
         let node = self.node_mut(id);
         if node.child.is_some() {
@@ -546,6 +560,9 @@ impl LocalCluster {
             Some(filter) => command.env("RUST_LOG", filter),
             None => command.env_remove("RUST_LOG"),
         };
+        if die_with_parent {
+            die_with_parent_thread(&mut command);
+        }
         let child = command.spawn().map_err(LocalClusterError::io(format!(
             "start node {id} ({})",
             binary.display()
@@ -623,7 +640,7 @@ pub async fn active_answer(
         name: name.clone(),
         reason,
     };
-    let response = tokio::time::timeout(DNS_TIMEOUT, query_txt(server, &name))
+    let response = tokio::time::timeout(DNS_TIMEOUT, query(server, &name, RecordType::TXT))
         .await
         .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
         .map_err(failed)?;
@@ -654,16 +671,51 @@ pub async fn active_answer(
     }
 }
 
-/// Sends one TXT query for `name` over UDP and waits for the response with
-/// the same id (a stray datagram with another id is skipped).
-async fn query_txt(server: SocketAddr, name: &str) -> Result<Message, String> {
+/// The IPv4 address the DNS server at `server` answers for `service` in
+/// `zone` (the `A` record at `<service>.<zone>`), as a client resolving the
+/// service would get it; `Ok(None)` while it answers SERVFAIL. No answer
+/// within [`DNS_TIMEOUT`], another response code or an answer without an
+/// `A` record (a service answered by CNAME) is an error.
+pub async fn active_address(
+    server: SocketAddr,
+    service: &str,
+    zone: &str,
+) -> Result<Option<Ipv4Addr>, LocalClusterError> {
+    let name = format!("{service}.{zone}");
+    let failed = |reason: String| LocalClusterError::Dns {
+        server,
+        name: name.clone(),
+        reason,
+    };
+    let response = tokio::time::timeout(DNS_TIMEOUT, query(server, &name, RecordType::A))
+        .await
+        .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
+        .map_err(failed)?;
+    match response.metadata.response_code {
+        ResponseCode::ServFail => return Ok(None),
+        ResponseCode::NoError => {}
+        other => return Err(failed(format!("answered {other}"))),
+    }
+    response
+        .answers
+        .iter()
+        .find_map(|record| match &record.data {
+            RData::A(a) => Some(Some(a.0)),
+            _ => None,
+        })
+        .ok_or_else(|| failed("NOERROR without an A record".into()))
+}
+
+/// Sends one query for `name` and `kind` over UDP and waits for the
+/// response with the same id (a stray datagram with another id is skipped).
+async fn query(server: SocketAddr, name: &str, kind: RecordType) -> Result<Message, String> {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("bind a UDP socket: {e}"))?;
     let mut query = Message::query();
     query.add_query(Query::query(
         Name::from_ascii(name).map_err(|e| format!("not a DNS name: {e}"))?,
-        RecordType::TXT,
+        kind,
     ));
     query.metadata.recursion_desired = false;
     let wire = query.to_vec().map_err(|e| format!("encode: {e}"))?;
@@ -835,6 +887,29 @@ fn random_secret() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Makes the child `command` starts receive SIGKILL when the spawning
+/// thread exits, including when its process is killed with SIGKILL.
+fn die_with_parent_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid, raise); it touches
+    // no lock and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no
+            // signal would ever come, so die now.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
 }
 
 fn signal(child: &Child, signal: libc::c_int) {

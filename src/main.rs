@@ -92,6 +92,32 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run a three-node cluster, two HTTP instances and a client on
+    /// loopback, and show failover, leader loss and failback, measured.
+    ///
+    /// Nothing else to install: the nodes are child processes of this
+    /// binary in a temporary directory, removed (with every child) on exit,
+    /// Ctrl-C, a panic or a killed demo. Exit 0 when every check held.
+    Demo {
+        /// Wait for a key before each step (k: kill the active instance,
+        /// l: kill the leader, r: restore everything, q: quit).
+        #[arg(long, conflicts_with = "scripted")]
+        interactive: bool,
+        /// Run the story without pauses and exit with the summary (1 if a
+        /// check failed).
+        #[arg(long)]
+        scripted: bool,
+        /// Configure `failback = "manual"`: the primary, once back, is not
+        /// made active again.
+        #[arg(long)]
+        manual_failback: bool,
+    },
+    /// Removes a demo's temporary directory once the demo exits (internal).
+    #[command(hide = true)]
+    DemoJanitor {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print the committed changes (time, index, service, epoch, from, to, reason).
     Events {
         /// Only changes after this Raft log index.
@@ -156,6 +182,18 @@ fn main() -> ExitCode {
         Command::Events { since, follow, api } => operate(&api, |t, json| async move {
             ctl::events(&t, since, follow, json, |line| println!("{line}")).await
         }),
+        Command::Demo {
+            interactive,
+            scripted,
+            manual_failback,
+        } => demo(interactive, scripted, manual_failback),
+        Command::DemoJanitor { dir } => match highlander::demo::janitor(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("highlander demo-janitor: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Run { config, node_id } => {
             init_logging();
             let config = match load(&config, Some(node_id)) {
@@ -215,6 +253,62 @@ where
             } else {
                 EXIT_FAILURE
             })
+        }
+    }
+}
+
+fn demo(interactive: bool, scripted: bool, manual_failback: bool) -> ExitCode {
+    use highlander::demo::{self, DemoError, DemoOptions, Pace, Style};
+    use std::io::IsTerminal;
+    let binary = match std::env::current_exe() {
+        Ok(binary) => binary,
+        Err(e) => {
+            eprintln!("highlander: cannot find this binary to run the nodes: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let options = DemoOptions {
+        binary,
+        pace: match (interactive, scripted) {
+            (true, _) => Pace::Interactive,
+            (_, true) => Pace::Scripted,
+            _ => Pace::Narrated,
+        },
+        manual_failback,
+        colour,
+    };
+    // Multi-threaded: the story blocks this (main) thread while it starts
+    // nodes, which must be spawned from a thread living as long as the demo.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("highlander: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(demo::run(options));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(summary) => {
+            println!("\n{}", summary.render(Style::new(colour)));
+            if summary.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e @ DemoError::Interrupted(_)) => {
+            eprintln!("highlander demo: {e}");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("highlander demo: {e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -13,6 +13,8 @@ pub mod cluster_inprocess;
 mod ctl;
 /// The dashboard in a real headless Chromium: active instance, failover, screenshot.
 mod dashboard;
+/// `highlander demo`: the scripted story and its summary; nothing left behind, even after SIGKILL.
+mod demo;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// Hooks: exec and webhook per change, retries, a hanging hook, re-run by the next leader.
