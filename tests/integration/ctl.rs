@@ -135,3 +135,70 @@ async fn operator_commands_show_and_steer_the_cluster() -> Result<()> {
     assert_eq!(out.status.code(), Some(2));
     cluster.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_prints_changes_as_they_are_committed() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let cluster = TestCluster::start("majority").await?;
+    let leader = cluster.leader().await?;
+    let api = format!("http://{}", cluster.node(leader).api);
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_highlander"))
+        .args(["events", "--follow", "--api", &api])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = follower
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next = |what: &str| -> Result<String> {
+        rx.recv_timeout(std::time::Duration::from_secs(15))
+            .map_err(|_| anyhow::anyhow!("no event line for {what}"))
+    };
+    let first = next("the first decision")?;
+    assert!(first.contains("none -> primary  (initial)"), "{first}");
+
+    let dir = tempfile::tempdir()?;
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, API_TOKEN)?;
+    // Wait until backup is healthy everywhere, then switch to it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let out = highlander(&[
+            "switchover",
+            "app",
+            "--to",
+            "backup",
+            "--api",
+            &api,
+            "--token-file",
+            &token.to_string_lossy(),
+        ])?;
+        if out.status.success() {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            text(&out.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await; // polling pace
+    }
+    let second = next("the switchover")?;
+    assert!(
+        second.contains("primary -> backup  (switchover)"),
+        "{second}"
+    );
+
+    drop(follower);
+    cluster.stop().await
+}
