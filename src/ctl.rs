@@ -295,7 +295,8 @@ pub fn event_line(event: &Event) -> String {
 }
 
 /// `highlander events [--follow]`: prints every change after `since`; with
-/// `follow`, keeps polling once a second and prints new ones as they come.
+/// `follow`, keeps polling once a second and prints new ones as they come,
+/// riding out a node that is briefly unreachable.
 pub async fn events(
     target: &Target,
     mut since: u64,
@@ -304,7 +305,17 @@ pub async fn events(
     mut print: impl FnMut(&str),
 ) -> Result<(), CtlError> {
     loop {
-        let (events, _): (Events, _) = target.get(&format!("/v1/events?since={since}")).await?;
+        let answer = target.get(&format!("/v1/events?since={since}")).await;
+        let events: Events = match answer {
+            Ok((events, _)) => events,
+            // Following outlives a node restart or a network blip: say so and retry.
+            Err(e) if follow => {
+                eprintln!("highlander: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         for event in &events.events {
             let line = if json {
                 serde_json::to_string(event).unwrap_or_default()
