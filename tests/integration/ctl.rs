@@ -144,11 +144,22 @@ async fn events_follow_prints_changes_as_they_are_committed() -> Result<()> {
     let cluster = TestCluster::start("majority").await?;
     let leader = cluster.leader().await?;
     let api = format!("http://{}", cluster.node(leader).api);
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_highlander"))
-        .args(["events", "--follow", "--api", &api])
-        .stdout(Stdio::piped())
-        .spawn()?;
+    /// Kills the follower however the test ends.
+    struct Follower(std::process::Child);
+    impl Drop for Follower {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut follower = Follower(
+        Command::new(env!("CARGO_BIN_EXE_highlander"))
+            .args(["events", "--follow", "--api", &api])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
     let stdout = follower
+        .0
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
