@@ -626,6 +626,30 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Asks `server` for `name`: the NOERROR response, or `None` for SERVFAIL
+/// (no decision yet, or outside the majority). No answer within
+/// [`DNS_TIMEOUT`] or another response code is an error.
+async fn answered(
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+) -> Result<Option<Message>, LocalClusterError> {
+    let failed = |reason: String| LocalClusterError::Dns {
+        server,
+        name: name.to_owned(),
+        reason,
+    };
+    let response = tokio::time::timeout(DNS_TIMEOUT, query(server, name, rtype))
+        .await
+        .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
+        .map_err(failed)?;
+    match response.metadata.response_code {
+        ResponseCode::ServFail => Ok(None),
+        ResponseCode::NoError => Ok(Some(response)),
+        other => Err(failed(format!("answered {other}"))),
+    }
+}
+
 /// What the DNS server at `server` names as `service`'s active instance in
 /// `zone`, as [`LocalCluster::answer`] does; for callers that query from a
 /// task of their own and cannot borrow the cluster.
@@ -635,20 +659,14 @@ pub async fn active_answer(
     zone: &str,
 ) -> Result<Option<ActiveAnswer>, LocalClusterError> {
     let name = format!("_highlander.{service}.{zone}");
+    let Some(response) = answered(server, &name, RecordType::TXT).await? else {
+        return Ok(None);
+    };
     let failed = |reason: String| LocalClusterError::Dns {
         server,
         name: name.clone(),
         reason,
     };
-    let response = tokio::time::timeout(DNS_TIMEOUT, query(server, &name, RecordType::TXT))
-        .await
-        .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
-        .map_err(failed)?;
-    match response.metadata.response_code {
-        ResponseCode::ServFail => return Ok(None),
-        ResponseCode::NoError => {}
-        other => return Err(failed(format!("answered {other}"))),
-    }
     let (mut instance, mut epoch) = (None, None);
     for record in &response.answers {
         if let RData::TXT(data) = &record.data {
@@ -682,20 +700,14 @@ pub async fn active_address(
     zone: &str,
 ) -> Result<Option<Ipv4Addr>, LocalClusterError> {
     let name = format!("{service}.{zone}");
+    let Some(response) = answered(server, &name, RecordType::A).await? else {
+        return Ok(None);
+    };
     let failed = |reason: String| LocalClusterError::Dns {
         server,
         name: name.clone(),
         reason,
     };
-    let response = tokio::time::timeout(DNS_TIMEOUT, query(server, &name, RecordType::A))
-        .await
-        .map_err(|_| failed(format!("no answer within {DNS_TIMEOUT:?}")))?
-        .map_err(failed)?;
-    match response.metadata.response_code {
-        ResponseCode::ServFail => return Ok(None),
-        ResponseCode::NoError => {}
-        other => return Err(failed(format!("answered {other}"))),
-    }
     response
         .answers
         .iter()
