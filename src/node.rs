@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -21,14 +21,14 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::cluster::tls::{self, TlsListener};
-use crate::cluster::transport::Links;
+use crate::cluster::transport::{Links, unix_millis};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError, OnMinority};
 use crate::dns::{self, ZoneView};
 use crate::engine;
 use crate::health::{Checker, HealthError, Probe};
 use crate::metrics::{self, Metrics};
-use crate::model::{AppliedState, ApplyOutcome, UnixMillis};
+use crate::model::{AppliedState, ApplyOutcome};
 
 /// How often the leader re-evaluates even when no verdict changed, so a
 /// failback delay that elapses is acted on without waiting for a probe.
@@ -412,7 +412,7 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
         }
         let view = cluster.health_view();
         let state = applied.borrow_and_update().clone();
-        for command in engine::decide(&config, &state.state, &view, unix_now()) {
+        for command in engine::decide(&config, &state.state, &view, unix_millis()) {
             let command = {
                 let evidence = cluster.evidence(command.service());
                 command.with_evidence(evidence)
@@ -428,11 +428,4 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
             }
         }
     }
-}
-
-fn unix_now() -> UnixMillis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
