@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Cluster, ClusterError, NodeId};
 use crate::config::{Config, ServiceConfig};
 use crate::model::{
-    ApplyOutcome, Command, Epoch, Event, Reason, ServiceState, UnixMillis, Verdict,
+    ApplyOutcome, Command, Epoch, Event, PublishBoard, PublishStatus, Reason, ServiceState,
+    UnixMillis, Verdict,
 };
 
 /// The largest request body the API accepts.
@@ -44,6 +45,8 @@ pub const MAX_BODY: usize = 4096;
 pub struct ApiState {
     pub config: Arc<Config>,
     pub cluster: Cluster,
+    /// How the external DNS targets stand, as this node's publishers see them.
+    pub publish: PublishBoard,
 }
 
 /// `GET /v1/status`.
@@ -58,6 +61,10 @@ pub struct Status {
     /// Whether this node answers service names (S3).
     pub in_majority: bool,
     pub services: Vec<ServiceStatus>,
+    /// The `[[publish]]` targets. Only the leader publishes, so only its
+    /// entries are `active` and current.
+    #[serde(default)]
+    pub publish: Vec<PublishStatus>,
 }
 
 /// One service in [`Status`].
@@ -211,6 +218,7 @@ pub fn status_of(state: &ApiState) -> Status {
         last_applied: applied.index,
         in_majority: state.cluster.in_majority(),
         services,
+        publish: state.publish.snapshot(),
     }
 }
 

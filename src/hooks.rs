@@ -36,6 +36,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, HookConfig, HookKind, HookSecret};
 use crate::health::probe::{describe_http_error, run_program, substitute_fields};
 use crate::model::{AppliedState, ApplyOutcome, Command, Event, Reason, State, UnixMillis};
+use crate::retry::Backoff;
 
 /// The wait before the second attempt; it doubles after every failure.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -226,14 +227,11 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     out
 }
 
-/// The wait before attempt `attempt + 1` (attempts count from 1):
-/// [`RETRY_FIRST`] doubling up to [`RETRY_MAX`], scaled by `jitter` (drawn
-/// from 0.5 to 1.0 by the caller) so hooks that failed together do not
-/// retry together.
-pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let doubled = RETRY_FIRST.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-    doubled.min(RETRY_MAX).mul_f64(jitter.clamp(0.0, 1.0))
-}
+/// How a failing hook is retried: [`RETRY_FIRST`] doubling up to [`RETRY_MAX`].
+pub const BACKOFF: Backoff = Backoff {
+    first: RETRY_FIRST,
+    max: RETRY_MAX,
+};
 
 /// Per hook: how often it failed and how many runs were confirmed. For the
 /// metrics endpoint; never reset.
@@ -413,7 +411,7 @@ async fn leadership_lost(leadership: &dyn Leadership) {
     }
 }
 
-/// Runs `hook` for `change` until an attempt succeeds, waiting [`backoff`]
+/// Runs `hook` for `change` until an attempt succeeds, waiting [`BACKOFF`]
 /// between attempts.
 async fn run_until_success(
     hook: &HookConfig,
@@ -430,7 +428,7 @@ async fn run_until_success(
             }
             Err(error) => {
                 stats.failed(&hook.name);
-                let wait = backoff(attempt, rand::random_range(0.5..=1.0));
+                let wait = BACKOFF.jittered(attempt);
                 warn!(
                     hook = %hook.name,
                     service = %change.service,

@@ -18,6 +18,7 @@
 //! - [`dashboard`]: the on-call web page at `/`, served by the API.
 //! - [`metrics`]: Prometheus metrics and the `GET /metrics` route the node
 //!   serves beside the API.
+//! - [`retry`]: exponential backoff with jitter for whatever retries an outside party.
 //! - [`node`]: the only place that wires the parts together and owns shutdown.
 //! - [`demo`]: `highlander demo`, the whole system on loopback telling its
 //!   story (failover, leader loss, failback) with a measured summary.
@@ -38,3 +39,4 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod retry;

@@ -24,7 +24,11 @@
 //! | `highlander_raft_leader` | gauge | | the leader's node id as this node knows it, 0 if none |
 //! | `highlander_raft_applied_index` | gauge | | the last log index applied to this node's state |
 //! | `highlander_in_majority` | gauge | | 1 while this node answers service names (S3), 0 otherwise |
-//! | `highlander_publisher_failures_total` | counter | `publisher` | failed external DNS writes |
+//! | `highlander_publisher_failures_total` | counter | `publisher`, `kind` | failed passes of an external DNS publisher (`unreachable`, `refused`, `conflict`, `rate-limited`) |
+//! | `highlander_publisher_writes_total` | counter | `publisher` | records this node wrote to the target |
+//! | `highlander_publisher_in_sync` | gauge | `publisher` | 1 if the target read back equal to the committed choice at the last pass |
+//! | `highlander_publisher_active` | gauge | `publisher` | 1 while this node (the leader) publishes to the target |
+//! | `highlander_publisher_last_success_timestamp_seconds` | gauge | `publisher` | Unix time of the last pass without an error |
 //! | `highlander_hook_failures_total` | counter | `hook` | failed hooks |
 //!
 //! A labelled family appears in the output with its first series:
@@ -68,7 +72,7 @@ use tracing::warn;
 
 use crate::cluster::{Cluster, NodeId};
 use crate::config::Config;
-use crate::model::{AppliedState, Reason, Verdict};
+use crate::model::{AppliedState, PublishBoard, PublishStatus, Reason, Verdict};
 
 /// The `Content-Type` of an OpenMetrics 1.0 text exposition.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
@@ -114,7 +118,11 @@ struct Inner {
     raft_leader: Gauge,
     raft_applied_index: Gauge,
     in_majority: Gauge,
-    publisher_failures: Family<PublisherLabels, Counter>,
+    publisher_failures: Family<PublisherFailureLabels, Counter>,
+    publisher_writes: Family<PublisherLabels, Counter>,
+    publisher_in_sync: Family<PublisherLabels, Gauge>,
+    publisher_active: Family<PublisherLabels, Gauge>,
+    publisher_last_success: Family<PublisherLabels, Gauge>,
     hook_failures: Family<HookLabels, Counter>,
     /// The highest log index whose events `changes` has counted. Held for
     /// the whole of a render, so concurrent scrapes neither interleave their
@@ -161,6 +169,12 @@ struct RcodeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PublisherLabels {
     publisher: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublisherFailureLabels {
+    publisher: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -258,11 +272,35 @@ impl Metrics {
             "in_majority",
             "1 while this node is in contact with a quorum-holding leader and answers service names",
         );
-        let publisher_failures = Family::<PublisherLabels, Counter>::default();
+        let publisher_failures = Family::<PublisherFailureLabels, Counter>::default();
         registry.register(
             "publisher_failures",
-            "Failed writes by an external DNS publisher",
+            "Failed passes of an external DNS publisher, by kind: unreachable, refused, conflict or rate-limited",
             publisher_failures.clone(),
+        );
+        let publisher_writes = Family::<PublisherLabels, Counter>::default();
+        registry.register(
+            "publisher_writes",
+            "Records this node wrote to an external DNS target",
+            publisher_writes.clone(),
+        );
+        let publisher_in_sync = Family::<PublisherLabels, Gauge>::default();
+        registry.register(
+            "publisher_in_sync",
+            "1 if every record read back from the target matched the committed choice at the last pass",
+            publisher_in_sync.clone(),
+        );
+        let publisher_active = Family::<PublisherLabels, Gauge>::default();
+        registry.register(
+            "publisher_active",
+            "1 while this node (the acting leader) publishes to the target",
+            publisher_active.clone(),
+        );
+        let publisher_last_success = Family::<PublisherLabels, Gauge>::default();
+        registry.register(
+            "publisher_last_success_timestamp_seconds",
+            "Unix time of the target's last pass without an error; 0 if none",
+            publisher_last_success.clone(),
         );
         let hook_failures = Family::<HookLabels, Counter>::default();
         registry.register(
@@ -285,6 +323,10 @@ impl Metrics {
                 raft_applied_index,
                 in_majority,
                 publisher_failures,
+                publisher_writes,
+                publisher_in_sync,
+                publisher_active,
+                publisher_last_success,
                 hook_failures,
                 changes_counted_through: Mutex::new(0),
             }),
@@ -327,10 +369,22 @@ impl Metrics {
         }
     }
 
-    /// Counts one failure of the external publisher `name`.
-    pub fn publisher_failed(&self, name: &str) {
+    /// Counts one failed pass of the external publisher `name`; `kind`
+    /// says how it failed.
+    pub fn publisher_failed(&self, name: &str, kind: &str) {
         self.inner
             .publisher_failures
+            .get_or_create(&PublisherFailureLabels {
+                publisher: name.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Counts one record written by the external publisher `name`.
+    pub fn publisher_wrote(&self, name: &str) {
+        self.inner
+            .publisher_writes
             .get_or_create(&PublisherLabels {
                 publisher: name.into(),
             })
@@ -428,6 +482,25 @@ impl Metrics {
             .raft_applied_index
             .set(gauge_value(view.applied.index));
         inner.in_majority.set(i64::from(view.in_majority));
+        for target in &view.publish {
+            let labels = PublisherLabels {
+                publisher: target.name.clone(),
+            };
+            inner
+                .publisher_in_sync
+                .get_or_create(&labels)
+                .set(i64::from(target.in_sync));
+            inner
+                .publisher_active
+                .get_or_create(&labels)
+                .set(i64::from(target.active));
+            inner
+                .publisher_last_success
+                .get_or_create(&labels)
+                .set(gauge_value(target.last_success.unwrap_or(0) / 1000));
+            // Created at zero so the first write shows in `rate()`.
+            let _ = inner.publisher_writes.get_or_create(&labels);
+        }
     }
 }
 
@@ -469,6 +542,8 @@ pub struct ScrapeView {
     pub applied: Arc<AppliedState>,
     /// Every configured service, in config order.
     pub services: Vec<ServiceView>,
+    /// Every `[[publish]]` target's status, as this node's publishers see it.
+    pub publish: Vec<PublishStatus>,
 }
 
 /// One configured service in a [`ScrapeView`].
@@ -489,7 +564,7 @@ pub struct InstanceView {
 
 impl ScrapeView {
     /// Reads the view of this node now.
-    pub fn of(config: &Config, cluster: &Cluster) -> ScrapeView {
+    pub fn of(config: &Config, cluster: &Cluster, publish: &PublishBoard) -> ScrapeView {
         let (_, term, leader) = cluster.role();
         ScrapeView {
             term,
@@ -511,6 +586,7 @@ impl ScrapeView {
                         .collect(),
                 })
                 .collect(),
+            publish: publish.snapshot(),
         }
     }
 }
@@ -521,21 +597,28 @@ struct Scrape {
     metrics: Metrics,
     config: Arc<Config>,
     cluster: Cluster,
+    publish: PublishBoard,
 }
 
 /// `GET /metrics`, to merge into the API router.
-pub fn router(metrics: Metrics, config: Arc<Config>, cluster: Cluster) -> Router {
+pub fn router(
+    metrics: Metrics,
+    config: Arc<Config>,
+    cluster: Cluster,
+    publish: PublishBoard,
+) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape {
             metrics,
             config,
             cluster,
+            publish,
         })
 }
 
 async fn scrape(State(scrape): State<Scrape>) -> impl IntoResponse {
-    let view = ScrapeView::of(&scrape.config, &scrape.cluster);
+    let view = ScrapeView::of(&scrape.config, &scrape.cluster, &scrape.publish);
     (
         [(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)],
         scrape.metrics.render(&view),
@@ -656,6 +739,18 @@ mod tests {
                     },
                 ],
             }],
+            publish: vec![PublishStatus {
+                name: "route53".into(),
+                kind: "rfc2136".into(),
+                active: true,
+                in_sync: true,
+                records: Vec::new(),
+                last_success: Some(1_700_000_000_999),
+                last_error: None,
+                last_error_at: None,
+                failures: 0,
+                writes: 1,
+            }],
         }
     }
 
@@ -672,7 +767,7 @@ mod tests {
         let probes = metrics.probe_instruments("db", "http");
         probes.probe_done(Duration::from_millis(3), true);
         probes.probe_done(Duration::from_millis(700), false);
-        metrics.publisher_failed("route53");
+        metrics.publisher_failed("route53", "refused");
         metrics.hook_failed("page-oncall");
 
         let text = metrics.render(&view(&state, 4));
@@ -691,6 +786,13 @@ mod tests {
             ("highlander_raft_applied_index", "gauge"),
             ("highlander_in_majority", "gauge"),
             ("highlander_publisher_failures", "counter"),
+            ("highlander_publisher_writes", "counter"),
+            ("highlander_publisher_in_sync", "gauge"),
+            ("highlander_publisher_active", "gauge"),
+            (
+                "highlander_publisher_last_success_timestamp_seconds",
+                "gauge",
+            ),
             ("highlander_hook_failures", "counter"),
         ];
         for (name, kind) in expected_types {
@@ -777,9 +879,18 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(value(&samples, "highlander_in_majority", &[]), Some(1.0));
+        let failed = [("publisher", "route53"), ("kind", "refused")];
+        let failed = value(&samples, "highlander_publisher_failures_total", &failed);
+        assert_eq!(failed, Some(1.0));
         let publisher = [("publisher", "route53")];
-        let publisher = value(&samples, "highlander_publisher_failures_total", &publisher);
-        assert_eq!(publisher, Some(1.0));
+        let gauge = |name| value(&samples, name, &publisher);
+        assert_eq!(gauge("highlander_publisher_in_sync"), Some(1.0));
+        assert_eq!(gauge("highlander_publisher_active"), Some(1.0));
+        assert_eq!(
+            gauge("highlander_publisher_last_success_timestamp_seconds"),
+            Some(1_700_000_000.0)
+        );
+        assert_eq!(gauge("highlander_publisher_writes_total"), Some(0.0));
         let hook = [("hook", "page-oncall")];
         assert_eq!(
             value(&samples, "highlander_hook_failures_total", &hook),

@@ -473,6 +473,118 @@ impl HealthView {
     }
 }
 
+/// How one external DNS target (`[[publish]]`) stands, as this node last
+/// saw it. Only the acting leader publishes, so on any other node `active`
+/// is false and the rest is what it saw when it last led (if ever).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    pub name: String,
+    /// `rfc2136`, `digitalocean` or `cloudflare`.
+    pub kind: String,
+    /// Whether this node is publishing to it now.
+    pub active: bool,
+    /// Whether every record, read back from the target, matched the
+    /// committed choice at the last pass.
+    pub in_sync: bool,
+    pub records: Vec<PublishedRecord>,
+    /// When a pass last completed without an error.
+    pub last_success: Option<UnixMillis>,
+    /// The last failure, never holding a secret.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<UnixMillis>,
+    /// Failed passes since the last success.
+    pub failures: u64,
+    /// Writes this node has made to the target since it started.
+    pub writes: u64,
+}
+
+/// One record a [`PublishStatus`] keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    pub service: String,
+    /// The record's name at the target.
+    pub name: String,
+    /// The committed epoch it should carry.
+    pub epoch: u64,
+    /// The epoch the target's marker held when last read; `None` if it had none.
+    pub published_epoch: Option<u64>,
+    pub state: RecordState,
+    /// Why it is not in sync, when it is not.
+    pub detail: Option<String>,
+}
+
+/// Where a [`PublishedRecord`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordState {
+    /// Read back equal to the committed choice.
+    InSync,
+    /// Written; the next read confirms it.
+    Written,
+    /// Not written: the target holds a newer epoch than this node's state.
+    Held,
+    /// The last attempt failed.
+    Failed,
+}
+
+impl RecordState {
+    /// The name the API and CLI print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordState::InSync => "in-sync",
+            RecordState::Written => "written",
+            RecordState::Held => "held",
+            RecordState::Failed => "failed",
+        }
+    }
+}
+
+/// The latest [`PublishStatus`] of every target, shared by the publishers
+/// (which write it) and the API and metrics (which read it). Cloning shares.
+#[derive(Debug, Clone, Default)]
+pub struct PublishBoard(std::sync::Arc<std::sync::RwLock<Vec<PublishStatus>>>);
+
+impl PublishBoard {
+    /// A board listing `targets`, none of them active yet.
+    pub fn new(targets: impl IntoIterator<Item = (String, String)>) -> PublishBoard {
+        let statuses = targets
+            .into_iter()
+            .map(|(name, kind)| PublishStatus {
+                name,
+                kind,
+                active: false,
+                in_sync: false,
+                records: Vec::new(),
+                last_success: None,
+                last_error: None,
+                last_error_at: None,
+                failures: 0,
+                writes: 0,
+            })
+            .collect();
+        PublishBoard(std::sync::Arc::new(std::sync::RwLock::new(statuses)))
+    }
+
+    /// Every target's status, in config order.
+    pub fn snapshot(&self) -> Vec<PublishStatus> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the status of the target `name` (nothing if there is none).
+    pub fn update(&self, name: &str, change: impl FnOnce(&mut PublishStatus)) {
+        let mut statuses = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(status) = statuses.iter_mut().find(|s| s.name == name) {
+            change(status);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

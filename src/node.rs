@@ -24,6 +24,7 @@ use crate::cluster::tls::{self, TlsListener};
 use crate::cluster::transport::{Links, unix_millis};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError, OnMinority};
+use crate::dns::publish::{self, Publishers};
 use crate::dns::{self, ZoneView};
 use crate::engine;
 use crate::health::{Checker, HealthError, Probe};
@@ -58,6 +59,8 @@ pub enum NodeError {
     },
     #[error("DNS server failed: {0}")]
     Dns(#[from] dns::DnsError),
+    #[error("cannot set up external DNS publishing: {0}")]
+    Publish(String),
     #[error("{0} stopped unexpectedly")]
     Stopped(&'static str),
 }
@@ -120,6 +123,8 @@ pub struct Node {
     metrics: Metrics,
     /// When `[cluster.tls]` is set, the rpc listener terminates TLS with this.
     rpc_tls: Option<rustls::ServerConfig>,
+    /// The `[[publish]]` targets, written by this node while it leads.
+    publishers: Publishers,
 }
 
 impl Node {
@@ -151,6 +156,9 @@ impl Node {
             .transpose()
             .map_err(ClusterError::from)?;
         let config = Arc::new(config);
+        let publishers = Publishers::new(config.clone())
+            .map_err(NodeError::Publish)?
+            .with_metrics(metrics.clone());
         let cluster = Cluster::start(config.clone(), id, options.links).await?;
         metrics.changes_applied_before_start(cluster.applied().borrow().index);
         Ok(Node {
@@ -161,6 +169,7 @@ impl Node {
             sockets,
             metrics,
             rpc_tls,
+            publishers,
         })
     }
 
@@ -189,6 +198,7 @@ impl Node {
             sockets,
             metrics,
             rpc_tls,
+            publishers,
         } = self;
         info!(
             node = cluster.id(),
@@ -223,11 +233,13 @@ impl Node {
             api::router(ApiState {
                 config: config.clone(),
                 cluster: cluster.clone(),
+                publish: publishers.board(),
             })
             .merge(metrics::router(
                 metrics.clone(),
                 config.clone(),
                 cluster.clone(),
+                publishers.board(),
             )),
             servers.clone(),
         ));
@@ -278,6 +290,8 @@ impl Node {
         let hooks = crate::hooks::Hooks::new(&config)
             .on_failure(move |hook| hook_metrics.hook_failed(hook));
         tasks.spawn(hooks.run(Arc::new(cluster.clone()), work.clone()));
+        // So do the external DNS publishers, one loop per target.
+        tasks.spawn(publishers.run(Arc::new(cluster.clone()), work.clone()));
         tasks.spawn(publish_zone(
             config.clone(),
             cluster.clone(),
@@ -427,5 +441,15 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
                 Err(e) => warn!(error = %e, command = %description, "proposal failed"),
             }
         }
+    }
+}
+
+impl publish::Leader for Cluster {
+    fn is_acting_leader(&self) -> bool {
+        Cluster::is_acting_leader(self)
+    }
+
+    fn applied(&self) -> watch::Receiver<Arc<AppliedState>> {
+        Cluster::applied(self)
     }
 }

@@ -19,6 +19,9 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use publish::{
+    ApiToken, PublishConfig, PublishKind, Secret, TokenSource, TsigAlgorithm, TsigKey,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -101,6 +104,8 @@ pub mod raw {
         pub services: Vec<Service>,
         #[serde(default)]
         pub hooks: Vec<Hook>,
+        #[serde(default)]
+        pub publish: Vec<super::publish::RawPublish>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -295,6 +300,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// `[[hooks]]`, in config order.
     pub hooks: Vec<HookConfig>,
+    /// `[[publish]]`, in config order.
+    pub publish: Vec<PublishConfig>,
 }
 
 /// `[[hooks]]`: a command or webhook the leader runs once per committed
@@ -720,6 +727,7 @@ impl Config {
         let services = v.services(raw.services);
         let api = raw.api.map(|api| v.api(base, api));
         let hooks = v.hooks(base, raw.hooks, &services);
+        let publish = v.publish(base, raw.publish, &services, dns.ttl);
         if v.problems.is_empty() {
             Ok(Config {
                 file: file.to_owned(),
@@ -728,6 +736,7 @@ impl Config {
                 api,
                 services,
                 hooks,
+                publish,
             })
         } else {
             Err(ConfigError::Invalid {
@@ -1960,5 +1969,6 @@ fn dot_zone(zone: &str) -> String {
     }
 }
 
+mod publish;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,7 @@
 //!   data in any other class. AXFR/IXFR are REFUSED too (transfers are not
 //!   offered: every node answers from the replicated state).
 
+pub mod publish;
 mod zone;
 
 #[cfg(test)]

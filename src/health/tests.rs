@@ -80,6 +80,7 @@ fn config(services: Vec<ServiceConfig>) -> Config {
         api: None,
         services,
         hooks: Vec::new(),
+        publish: Vec::new(),
     }
 }
 

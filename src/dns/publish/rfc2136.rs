@@ -1,0 +1,344 @@
+//! RFC 2136 dynamic updates, signed with TSIG (RFC 8945), to a primary
+//! server such as BIND, Knot or PowerDNS.
+//!
+//! Every message, reads included, is signed and every response's signature
+//! is checked, so neither the read a write is based on nor the server's
+//! verdict can be forged on the path. A message goes over UDP; a truncated
+//! response is asked again over TCP.
+//!
+//! An update replaces the record and its marker in one atomic message whose
+//! prerequisite is the marker exactly as read (RFC 2136 §2.4.2 "RRset
+//! exists, value dependent"), or its absence (§2.4.3). If another writer
+//! changed the marker since, the server refuses the whole update (NXRRSET
+//! or YXRRSET) and nothing is written: the compare-and-set that fences a
+//! deposed leader (S4).
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::{Actual, Desired, Found, PublishError, Publisher};
+use crate::config::{PublishConfig, PublishKind, Target, TsigAlgorithm};
+
+/// How far the server's clock may be from ours (RFC 8945 recommends 300 s).
+const TSIG_FUDGE: u16 = 300;
+
+/// The largest response read over UDP.
+const UDP_BUFFER: usize = 4096;
+
+/// A primary server taking TSIG-signed updates for one zone.
+pub struct Rfc2136 {
+    /// `host:port` as configured, resolved at every exchange.
+    server: String,
+    zone: Name,
+    signer: TSigner,
+    key_name: String,
+    timeout: Duration,
+}
+
+impl Rfc2136 {
+    /// The publisher for an `rfc2136` target.
+    pub fn new(target: &PublishConfig) -> Result<Rfc2136, String> {
+        let PublishKind::Rfc2136 { server, tsig } = &target.kind else {
+            return Err(format!("publish target {} is not rfc2136", target.name));
+        };
+        let zone = parse_name(&target.zone)?;
+        let algorithm = match tsig.algorithm {
+            TsigAlgorithm::HmacSha256 => hickory_proto::rr::rdata::tsig::TsigAlgorithm::HmacSha256,
+            TsigAlgorithm::HmacSha512 => hickory_proto::rr::rdata::tsig::TsigAlgorithm::HmacSha512,
+        };
+        let signer = TSigner::new(
+            tsig.secret.0.clone(),
+            algorithm,
+            parse_name(&tsig.name)?,
+            TSIG_FUDGE,
+        )
+        .map_err(|e| format!("TSIG key {}: {e}", tsig.name))?;
+        Ok(Rfc2136 {
+            server: server.clone(),
+            zone,
+            signer,
+            key_name: tsig.name.clone(),
+            timeout: target.timeout,
+        })
+    }
+
+    /// The records of `rtype` owned by `name`, as the server holds them.
+    async fn query(&self, name: &Name, rtype: RecordType) -> Result<Vec<Record>, PublishError> {
+        let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(name.clone(), rtype));
+        let response = self.exchange(message).await?;
+        match response.metadata.response_code {
+            ResponseCode::NoError | ResponseCode::NXDomain => Ok(response
+                .answers
+                .into_iter()
+                .filter(|r| r.record_type() == rtype && &r.name == name)
+                .collect()),
+            code => Err(PublishError::Refused(format!(
+                "{} answered {code} to a query for {name} {rtype}; it must be authoritative for {} and let key {} query it",
+                self.server, self.zone, self.key_name
+            ))),
+        }
+    }
+
+    /// Sends `message` signed and returns the verified response.
+    async fn exchange(&self, mut message: Message) -> Result<Message, PublishError> {
+        let address = self.resolve().await?;
+        let mut verifier = message
+            .finalize(&self.signer, unix_seconds())
+            .map_err(|e| PublishError::Refused(format!("cannot sign the message: {e}")))?
+            .ok_or_else(|| PublishError::Refused("signing produced no verifier".into()))?;
+        let bytes = message
+            .to_vec()
+            .map_err(|e| PublishError::Refused(format!("cannot encode the message: {e}")))?;
+        let exchange = async {
+            let mut response = self.over_udp(address, message.metadata.id, &bytes).await?;
+            if is_truncated(&response) {
+                response = self.over_tcp(address, &bytes).await?;
+            }
+            Ok::<_, PublishError>(response)
+        };
+        let response = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| {
+                PublishError::Unreachable(format!(
+                    "{} ({address}) did not answer within {}",
+                    self.server,
+                    humantime::format_duration(self.timeout)
+                ))
+            })??;
+        match verifier.verify(&response) {
+            Ok(verified) => Ok(verified.into_message()),
+            Err(error) => Err(self.unverified(&response, &error.to_string())),
+        }
+    }
+
+    /// Explains a response whose signature did not check out: usually the
+    /// server rejecting our key (it then answers unsigned, NOTAUTH).
+    fn unverified(&self, response: &[u8], error: &str) -> PublishError {
+        let parsed = Message::from_vec(response).ok();
+        let code = parsed.as_ref().map(|m| m.metadata.response_code);
+        let tsig_error = parsed
+            .as_ref()
+            .and_then(|m| m.signature.as_ref())
+            .and_then(|s| s.data.error.as_ref().map(|e| format!("{e:?}")));
+        match (code, tsig_error) {
+            (Some(code), Some(tsig_error)) => PublishError::Refused(format!(
+                "{} rejected TSIG key {} ({code}, TSIG error {tsig_error}); check that tsig_key, tsig_algorithm and the secret match a key the server has",
+                self.server, self.key_name
+            )),
+            (Some(code), None) if code != ResponseCode::NoError => PublishError::Refused(format!(
+                "{} answered {code} without a valid signature, which usually means it does not know TSIG key {} or its secret differs",
+                self.server, self.key_name
+            )),
+            _ => PublishError::Refused(format!(
+                "the response from {} failed TSIG verification ({error}); check the key's secret and algorithm",
+                self.server
+            )),
+        }
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, PublishError> {
+        tokio::net::lookup_host(&self.server)
+            .await
+            .map_err(|e| PublishError::Unreachable(format!("cannot resolve {}: {e}", self.server)))?
+            .next()
+            .ok_or_else(|| {
+                PublishError::Unreachable(format!("{} resolves to no address", self.server))
+            })
+    }
+
+    async fn over_udp(
+        &self,
+        address: SocketAddr,
+        id: u16,
+        bytes: &[u8],
+    ) -> Result<Vec<u8>, PublishError> {
+        let unreachable = |e: std::io::Error| {
+            PublishError::Unreachable(format!("{} ({address}): {e}", self.server))
+        };
+        let local: SocketAddr = if address.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).await.map_err(unreachable)?;
+        socket.connect(address).await.map_err(unreachable)?;
+        socket.send(bytes).await.map_err(unreachable)?;
+        let mut buffer = vec![0u8; UDP_BUFFER];
+        loop {
+            let n = socket.recv(&mut buffer).await.map_err(unreachable)?;
+            // A datagram for another query (a late answer to a retry) is skipped.
+            if n >= 12 && u16::from_be_bytes([buffer[0], buffer[1]]) == id {
+                buffer.truncate(n);
+                return Ok(buffer);
+            }
+        }
+    }
+
+    async fn over_tcp(&self, address: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, PublishError> {
+        let unreachable = |e: std::io::Error| {
+            PublishError::Unreachable(format!("{} ({address}) over TCP: {e}", self.server))
+        };
+        let length = u16::try_from(bytes.len())
+            .map_err(|_| PublishError::Refused("the message is too long for TCP".into()))?;
+        let mut stream = TcpStream::connect(address).await.map_err(unreachable)?;
+        let mut framed = length.to_be_bytes().to_vec();
+        framed.extend_from_slice(bytes);
+        stream.write_all(&framed).await.map_err(unreachable)?;
+        let length = stream.read_u16().await.map_err(unreachable)?;
+        let mut response = vec![0u8; usize::from(length)];
+        stream
+            .read_exact(&mut response)
+            .await
+            .map_err(unreachable)?;
+        Ok(response)
+    }
+
+    /// The update replacing what `actual` holds with `desired`, conditional
+    /// on the marker being exactly as read.
+    fn update(&self, desired: &Desired, actual: &Actual) -> Result<Message, PublishError> {
+        let name = parse_name(&desired.name).map_err(PublishError::Refused)?;
+        let marker = parse_name(&desired.marker_name()).map_err(PublishError::Refused)?;
+        let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Update);
+        // Zone section (RFC 2136 §2.3): the zone's SOA, class IN.
+        let mut zone = Query::query(self.zone.clone(), RecordType::SOA);
+        zone.set_query_class(DNSClass::IN);
+        message.add_query(zone);
+        // Prerequisites (§2.4), in the answer section.
+        if actual.markers.is_empty() {
+            let mut absent = Record::update0(marker.clone(), 0, RecordType::TXT);
+            absent.dns_class = DNSClass::NONE;
+            message.answers.push(absent);
+        }
+        for found in &actual.markers {
+            message.answers.push(Record::from_rdata(
+                marker.clone(),
+                0,
+                RData::TXT(TXT::new(found.value.clone())),
+            ));
+        }
+        // Updates (§2.5), in the authority section: delete, then add.
+        let delete = |owner: &Name, rtype| {
+            let mut record = Record::update0(owner.clone(), 0, rtype);
+            record.dns_class = DNSClass::ANY;
+            record
+        };
+        message.authorities.push(delete(&marker, RecordType::TXT));
+        message.authorities.push(Record::from_rdata(
+            marker,
+            desired.ttl,
+            RData::TXT(TXT::new(desired.marker.strings())),
+        ));
+        for rtype in [RecordType::CNAME, RecordType::A, RecordType::AAAA] {
+            message.authorities.push(delete(&name, rtype));
+        }
+        let data = match &desired.target {
+            Target::Cname(to) => {
+                RData::CNAME(CNAME(parse_name(to).map_err(PublishError::Refused)?))
+            }
+            Target::A(ip) => RData::A(A(*ip)),
+            Target::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+        };
+        message
+            .authorities
+            .push(Record::from_rdata(name, desired.ttl, data));
+        Ok(message)
+    }
+}
+
+#[async_trait]
+impl Publisher for Rfc2136 {
+    async fn read(&self, name: &str) -> Result<Actual, PublishError> {
+        let owner = parse_name(name).map_err(PublishError::Refused)?;
+        let marker = parse_name(&super::marker_name(name)).map_err(PublishError::Refused)?;
+        let mut actual = Actual::default();
+        for rtype in [RecordType::CNAME, RecordType::A, RecordType::AAAA] {
+            for record in self.query(&owner, rtype).await? {
+                let value = match record.data {
+                    RData::CNAME(CNAME(to)) => Target::Cname(to.to_ascii().to_ascii_lowercase()),
+                    RData::A(A(ip)) => Target::A(ip),
+                    RData::AAAA(AAAA(ip)) => Target::Aaaa(ip),
+                    _ => continue,
+                };
+                actual.records.push(Found {
+                    value,
+                    ttl: record.ttl,
+                    id: None,
+                });
+            }
+        }
+        for record in self.query(&marker, RecordType::TXT).await? {
+            if let RData::TXT(txt) = &record.data {
+                let strings = txt
+                    .txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect();
+                actual.markers.push(Found {
+                    value: strings,
+                    ttl: record.ttl,
+                    id: None,
+                });
+            }
+        }
+        Ok(actual)
+    }
+
+    async fn write(&self, desired: &Desired, actual: &Actual) -> Result<(), PublishError> {
+        let response = self.exchange(self.update(desired, actual)?).await?;
+        match response.metadata.response_code {
+            ResponseCode::NoError => Ok(()),
+            code @ (ResponseCode::NXRRSet | ResponseCode::YXRRSet) => {
+                Err(PublishError::Conflict(format!(
+                    "{} refused the update of {} ({code}): its marker changed since it was read, so another writer got there first",
+                    self.server, desired.name
+                )))
+            }
+            code @ (ResponseCode::Refused | ResponseCode::NotAuth) => {
+                Err(PublishError::Refused(format!(
+                    "{} refused the update of {} ({code}); its update-policy must grant key {} the names {} and {} (TXT, CNAME, A, AAAA)",
+                    self.server,
+                    desired.name,
+                    self.key_name,
+                    desired.name,
+                    desired.marker_name()
+                )))
+            }
+            code @ ResponseCode::NotZone => Err(PublishError::Refused(format!(
+                "{} says {} is not in zone {} ({code})",
+                self.server, desired.name, self.zone
+            ))),
+            code @ ResponseCode::ServFail => Err(PublishError::Unreachable(format!(
+                "{} failed the update of {} ({code})",
+                self.server, desired.name
+            ))),
+            code => Err(PublishError::Refused(format!(
+                "{} answered {code} to the update of {}",
+                self.server, desired.name
+            ))),
+        }
+    }
+}
+
+fn parse_name(name: &str) -> Result<Name, String> {
+    Name::from_str(name).map_err(|e| format!("{name:?} is not a domain name: {e}"))
+}
+
+/// Whether a raw response has the TC bit set.
+fn is_truncated(response: &[u8]) -> bool {
+    response.get(2).is_some_and(|flags| flags & 0x02 != 0)
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
