@@ -89,8 +89,7 @@ impl TestCluster {
         for id in 1..=3u64 {
             let rpc = TcpListener::bind("127.0.0.1:0").await?;
             let api = TcpListener::bind("127.0.0.1:0").await?;
-            let dns_udp = UdpSocket::bind("127.0.0.1:0").await?;
-            let dns_tcp = TcpListener::bind(dns_udp.local_addr()?).await?;
+            let (dns_udp, dns_tcp) = dns_sockets().await?;
             nodes_toml.push_str(&format!(
                 "[[cluster.nodes]]\nid = {id}\nrpc = \"{}\"\ndns = \"{}\"\napi = \"{}\"\n",
                 rpc.local_addr()?,
@@ -302,4 +301,19 @@ async fn leader_quorum_fails_over_on_what_the_leader_sees() -> Result<()> {
     let (epoch, instance) = asymmetric_failure("leader").await?;
     assert_eq!((epoch, instance.as_str()), (2, "backup"));
     Ok(())
+}
+
+/// A UDP socket on a free loopback port and a TCP listener on the same
+/// port. The UDP port being free says nothing about TCP (another test may
+/// hold that number), so a taken pair is retried on a new port.
+async fn dns_sockets() -> Result<(UdpSocket, TcpListener)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no free DNS port"), anyhow::Error::from))
 }

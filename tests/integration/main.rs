@@ -3,6 +3,8 @@
 
 /// The operator API: auth, validation, forwarding, switchover, drain, events.
 mod api;
+/// A real BIND 9 primary started from the test's own config (named, dig, nsupdate).
+mod bind;
 /// The `highlander` binary: `check-config`, `run`, signals and exit codes.
 mod cli;
 /// Real `highlander` processes in a cluster: leader loss, failover, pause, restart, wrong secret.
@@ -21,6 +23,8 @@ mod harness;
 mod hooks;
 /// `GET /metrics` on a running node: the exposition parses and shows the decision, DNS, probes and Raft.
 mod metrics;
+/// RFC 2136 publishing to a real BIND: create, change, stale write refused, wrong key, drift repair.
+mod publish_bind;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;
 /// `[cluster.tls]`: three nodes over mutual TLS; a node with another CA's certificate is refused.

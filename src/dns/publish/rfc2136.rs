@@ -82,8 +82,11 @@ impl Rfc2136 {
                 .filter(|r| r.record_type() == rtype && &r.name == name)
                 .collect()),
             code => Err(PublishError::Refused(format!(
-                "{} answered {code} to a query for {name} {rtype}; it must be authoritative for {} and let key {} query it",
-                self.server, self.zone, self.key_name
+                "{} answered {} to a query for {name} {rtype}; it must be authoritative for {} and let key {} query it",
+                self.server,
+                rcode(code),
+                self.zone,
+                self.key_name
             ))),
         }
     }
@@ -128,15 +131,24 @@ impl Rfc2136 {
         let tsig_error = parsed
             .as_ref()
             .and_then(|m| m.signature.as_ref())
-            .and_then(|s| s.data.error.as_ref().map(|e| format!("{e:?}")));
+            .and_then(|s| {
+                s.data
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{e:?}").to_ascii_uppercase())
+            });
         match (code, tsig_error) {
             (Some(code), Some(tsig_error)) => PublishError::Refused(format!(
-                "{} rejected TSIG key {} ({code}, TSIG error {tsig_error}); check that tsig_key, tsig_algorithm and the secret match a key the server has",
-                self.server, self.key_name
+                "{} rejected TSIG key {} with {}, TSIG error {tsig_error}; check that tsig_key, tsig_algorithm and the secret match a key the server has",
+                self.server,
+                self.key_name,
+                rcode(code)
             )),
             (Some(code), None) if code != ResponseCode::NoError => PublishError::Refused(format!(
-                "{} answered {code} without a valid signature, which usually means it does not know TSIG key {} or its secret differs",
-                self.server, self.key_name
+                "{} answered {} without a valid signature, which usually means it does not know TSIG key {} or its secret differs",
+                self.server,
+                rcode(code),
+                self.key_name
             )),
             _ => PublishError::Refused(format!(
                 "the response from {} failed TSIG verification ({error}); check the key's secret and algorithm",
@@ -294,38 +306,41 @@ impl Publisher for Rfc2136 {
 
     async fn write(&self, desired: &Desired, actual: &Actual) -> Result<(), PublishError> {
         let response = self.exchange(self.update(desired, actual)?).await?;
-        match response.metadata.response_code {
+        let code = response.metadata.response_code;
+        let (server, name) = (&self.server, &desired.name);
+        match code {
             ResponseCode::NoError => Ok(()),
-            code @ (ResponseCode::NXRRSet | ResponseCode::YXRRSet) => {
-                Err(PublishError::Conflict(format!(
-                    "{} refused the update of {} ({code}): its marker changed since it was read, so another writer got there first",
-                    self.server, desired.name
-                )))
-            }
-            code @ (ResponseCode::Refused | ResponseCode::NotAuth) => {
-                Err(PublishError::Refused(format!(
-                    "{} refused the update of {} ({code}); its update-policy must grant key {} the names {} and {} (TXT, CNAME, A, AAAA)",
-                    self.server,
-                    desired.name,
-                    self.key_name,
-                    desired.name,
-                    desired.marker_name()
-                )))
-            }
-            code @ ResponseCode::NotZone => Err(PublishError::Refused(format!(
-                "{} says {} is not in zone {} ({code})",
-                self.server, desired.name, self.zone
+            ResponseCode::NXRRSet | ResponseCode::YXRRSet => Err(PublishError::Conflict(format!(
+                "{server} refused the update of {name} with {}: its marker changed since it was read, so another writer got there first",
+                rcode(code)
             ))),
-            code @ ResponseCode::ServFail => Err(PublishError::Unreachable(format!(
-                "{} failed the update of {} ({code})",
-                self.server, desired.name
+            ResponseCode::Refused | ResponseCode::NotAuth => Err(PublishError::Refused(format!(
+                "{server} refused the update of {name} with {}; its update-policy must grant key {} the names {name} and {} (TXT, CNAME, A, AAAA)",
+                rcode(code),
+                self.key_name,
+                desired.marker_name()
             ))),
-            code => Err(PublishError::Refused(format!(
-                "{} answered {code} to the update of {}",
-                self.server, desired.name
+            ResponseCode::NotZone => Err(PublishError::Refused(format!(
+                "{server} answered {}: {name} is not in zone {}",
+                rcode(code),
+                self.zone
+            ))),
+            ResponseCode::ServFail => Err(PublishError::Unreachable(format!(
+                "{server} failed the update of {name} with {}",
+                rcode(code)
+            ))),
+            _ => Err(PublishError::Refused(format!(
+                "{server} answered {} to the update of {name}",
+                rcode(code)
             ))),
         }
     }
+}
+
+/// A response code as `NXRRSET (RR Set does not exist)`: the mnemonic
+/// operators search for, and hickory's description.
+fn rcode(code: ResponseCode) -> String {
+    format!("{} ({code})", format!("{code:?}").to_ascii_uppercase())
 }
 
 fn parse_name(name: &str) -> Result<Name, String> {
