@@ -783,6 +783,27 @@ impl HttpInstance {
                 }
             }
         };
+        HttpInstance::serve(name, listener)
+    }
+
+    /// Serves instance `name` on an already-bound listener (one made in
+    /// another network namespace, say).
+    pub fn from_listener(
+        name: &str,
+        listener: std::net::TcpListener,
+    ) -> Result<HttpInstance, LocalClusterError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(LocalClusterError::io("make a listener non-blocking"))?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(LocalClusterError::io("register a listener with Tokio"))?;
+        HttpInstance::serve(name, listener)
+    }
+
+    fn serve(
+        name: &str,
+        listener: tokio::net::TcpListener,
+    ) -> Result<HttpInstance, LocalClusterError> {
         let addr = listener
             .local_addr()
             .map_err(LocalClusterError::io("read a bound TCP address"))?;

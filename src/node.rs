@@ -63,6 +63,8 @@ pub enum NodeError {
     Publish(String),
     #[error("{0} stopped unexpectedly")]
     Stopped(&'static str),
+    #[error("the Raft core stopped: {0}; exiting so that a supervisor restarts the node")]
+    Raft(String),
 }
 
 /// The sockets a node serves on, already bound.
@@ -302,6 +304,7 @@ impl Node {
 
         let failure = tokio::select! {
             _ = cancel.cancelled() => None,
+            fatal = cluster.stopped_fatally() => Some(NodeError::Raft(fatal)),
             Some(ended) = server_tasks.join_next() => Some(match ended {
                 Ok((_, Err(e))) => e,
                 Ok((what, Ok(()))) => NodeError::Stopped(what),

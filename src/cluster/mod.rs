@@ -357,6 +357,22 @@ impl Cluster {
         }
     }
 
+    /// Resolves when the Raft core has stopped on a fatal error (a storage
+    /// failure, such as a full disk), with that error. A core that stopped
+    /// never restarts in this process: the node must exit so that its
+    /// supervisor starts it again, by which time the cause may be gone.
+    pub async fn stopped_fatally(&self) -> String {
+        let mut metrics = self.inner.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "the Raft core stopped".into();
+            }
+        }
+    }
+
     /// Role, term and leader, for status and logs.
     pub fn role(&self) -> (ServerState, u64, Option<NodeId>) {
         let m = self.inner.raft.metrics().borrow().clone();

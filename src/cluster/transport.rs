@@ -139,6 +139,13 @@ impl Client {
         let builder = reqwest::Client::builder()
             .http2_prior_knowledge()
             .connect_timeout(Duration::from_millis(500))
+            // A peer behind a partition drops packets without a reset, and
+            // the connection would sit in TCP's retransmission backoff for
+            // seconds after the partition heals. PINGs that go unanswered
+            // close it instead, so the next request opens a fresh one.
+            .http2_keep_alive_interval(Duration::from_millis(250))
+            .http2_keep_alive_timeout(Duration::from_millis(500))
+            .http2_keep_alive_while_idle(true)
             .tcp_nodelay(true)
             .no_proxy();
         let (builder, scheme) = match tls {

@@ -1,0 +1,634 @@
+//! highlander under faults: real `highlander` processes in network
+//! namespaces, crashed, paused, isolated, partitioned, starved of packets and
+//! restarted, while clients inside each node's namespace record every DNS
+//! answer; a checker then holds the history against S1–S5 and L1–L3 of
+//! DESIGN.md and each scenario prints one row.
+//!
+//! Run with `cargo test --test faults` (as root). Arguments: words that
+//! select scenarios by name, and `--seed N` (the default is fixed, so a run
+//! repeats). Without root or namespaces it says so and, unless `CI=true`,
+//! exits 0; under CI that is a failure.
+
+mod cluster;
+mod history;
+mod net;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use cluster::{
+    Clock, FALL, FaultCluster, INTERVAL, LEASE, NODES, instance_ip, node_ip, node_member,
+};
+use history::{Commit, Expect, Recorder, Report, check, now_ms};
+
+/// The seed when none is given: runs repeat unless asked not to.
+const DEFAULT_SEED: u64 = 20261127;
+
+/// How long after the last heal every node must answer the final choice.
+const CONVERGE_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long a scenario keeps recording after its last heal.
+const SETTLE: Duration = Duration::from_secs(4);
+
+/// The time a fault lasts: longer than the lease, so S3 is exercised.
+const FAULT: Duration = Duration::from_secs(4);
+
+struct Row {
+    name: &'static str,
+    faults: String,
+    report: Report,
+}
+
+type Scenario = fn(&mut StdRng) -> futures::future::BoxFuture<'_, Result<Row>>;
+
+fn scenarios() -> Vec<(&'static str, Scenario)> {
+    vec![
+        ("kill-leader", |rng| {
+            Box::pin(kill_node(rng, "kill-leader", true))
+        }),
+        ("kill-follower", |rng| {
+            Box::pin(kill_node(rng, "kill-follower", false))
+        }),
+        ("pause-leader", |rng| Box::pin(pause_leader(rng))),
+        ("isolate-leader", |rng| Box::pin(isolate_leader(rng))),
+        ("partition-leader-minority", |rng| {
+            Box::pin(partition_leader(rng))
+        }),
+        ("follower-campaigns-and-rejoins", |rng| {
+            Box::pin(campaign_and_rejoin(rng))
+        }),
+        ("leader-cannot-reach-active", |rng| {
+            Box::pin(cannot_reach_active(rng, true))
+        }),
+        ("follower-cannot-reach-active", |rng| {
+            Box::pin(cannot_reach_active(rng, false))
+        }),
+        ("kill-active-instance", |rng| Box::pin(kill_active(rng))),
+        ("packet-loss-20pct", |rng| Box::pin(packet_loss(rng))),
+        ("restart-whole-cluster", |rng| Box::pin(restart_all(rng))),
+        ("monotonic-clock-ahead", |rng| Box::pin(clock_ahead(rng))),
+        ("follower-disk-full-during-failover", |rng| {
+            Box::pin(disk_full(rng))
+        }),
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seed = DEFAULT_SEED;
+    let mut filters = Vec::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        match word.as_str() {
+            "--seed" => {
+                seed = words
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(DEFAULT_SEED)
+            }
+            // What cargo test passes to every test binary.
+            w if w.starts_with('-') => {}
+            w => filters.push(w.to_owned()),
+        }
+    }
+    if let Err(why) = history::self_test() {
+        eprintln!("the history checker is broken: {why}");
+        std::process::exit(1);
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if let Err(why) = net::available() {
+        eprintln!("\n!!! the fault suite cannot run here: {why:#}\n");
+        std::process::exit(if ci { 1 } else { 0 });
+    }
+    net::sweep_leftovers();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start a Tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let selected: Vec<(&str, Scenario)> = scenarios()
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
+    eprintln!("fault suite: {} scenarios, seed {seed}", selected.len());
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for (i, (name, run)) in selected.into_iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let started = std::time::Instant::now();
+        eprintln!("== {name}");
+        match runtime.block_on(run(&mut rng)) {
+            Ok(row) => {
+                for v in &row.report.violations {
+                    eprintln!("   VIOLATION {v}");
+                }
+                failed |= !row.report.violations.is_empty();
+                eprintln!("   done in {:.1} s", started.elapsed().as_secs_f64());
+                rows.push(row);
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("   ERROR {e:#}");
+                rows.push(Row {
+                    name,
+                    faults: format!("error: {e}"),
+                    report: Report {
+                        violations: vec![format!("{e:#}")],
+                        ..Report::default()
+                    },
+                });
+            }
+        }
+    }
+    println!("\n| scenario | faults injected | answers | changes | violations | converged after |");
+    println!("|---|---|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            row.name,
+            row.faults,
+            row.report.answers,
+            row.report.changes,
+            row.report.violations.len(),
+            row.report
+                .converged_after
+                .map_or("never".to_owned(), |d| format!("{} ms", d.as_millis()))
+        );
+    }
+    println!(
+        "\nseed {seed}; lease {LEASE:?}; check every {INTERVAL:?}, down after {FALL} failures"
+    );
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+/// A cluster whose nodes all answer the first choice, and its leader.
+async fn settled() -> Result<(FaultCluster, u64)> {
+    settle(FaultCluster::start().await?).await
+}
+
+async fn settle(cluster: FaultCluster) -> Result<(FaultCluster, u64)> {
+    let leader = cluster.wait_leader(Duration::from_secs(15)).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut agreed = true;
+        for id in NODES {
+            let ok = cluster
+                .get(id, "/v1/status")
+                .await
+                .is_ok_and(|s| s["in_majority"] == true && s["services"][0]["active"] == "primary");
+            agreed &= ok;
+        }
+        if agreed {
+            return Ok((cluster, leader));
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "the cluster never settled on primary:\n{}",
+                cluster.log_tails(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Ends a scenario: waits [`SETTLE`], stops recording, reads the commits
+/// and checks the history.
+async fn finish(
+    cluster: &FaultCluster,
+    recorder: Recorder,
+    started_at: u64,
+    mut expect: Expect,
+) -> Result<Report> {
+    if expect.converge_within.is_zero() {
+        expect.converge_within = CONVERGE_WITHIN;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let history = recorder.finish().await;
+    let commits = Commit::parse(&cluster.events().await.context("reading the commits")?);
+    let report = check(&history, &commits, started_at, LEASE, &expect);
+    if !report.violations.is_empty() {
+        eprintln!("{}", cluster.log_tails(12));
+    }
+    Ok(report)
+}
+
+fn jitter(rng: &mut StdRng, base: Duration) -> Duration {
+    base.mul_f64(rng.random_range(0.9..1.2))
+}
+
+fn other_nodes(of: u64) -> Vec<u64> {
+    NODES.iter().copied().filter(|&n| n != of).collect()
+}
+
+fn pick_follower(rng: &mut StdRng, leader: u64) -> u64 {
+    let followers = other_nodes(leader);
+    followers[rng.random_range(0..followers.len())]
+}
+
+async fn kill_node(rng: &mut StdRng, name: &'static str, leader_too: bool) -> Result<Row> {
+    let (mut cluster, leader) = settled().await?;
+    let victim = if leader_too {
+        leader
+    } else {
+        pick_follower(rng, leader)
+    };
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill_node(victim)?;
+    let killed_at = now_ms();
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    cluster.start_node(victim, Clock::Normal)?;
+    let healed_at = now_ms();
+    let survivors = other_nodes(victim);
+    // The survivors keep a majority: they answer throughout, apart from the
+    // moment a new leader is elected (their leases outlast it).
+    let must_answer = survivors
+        .iter()
+        .map(|&n| (n, killed_at, healed_at))
+        .collect();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            must_answer,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name,
+        faults: format!("SIGKILL node {victim}, restart after {} s", FAULT.as_secs()),
+        report,
+    })
+}
+
+async fn pause_leader(rng: &mut StdRng) -> Result<Row> {
+    let (cluster, leader) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.pause_node(leader)?;
+    let paused_at = now_ms();
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    cluster.resume_node(leader)?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, paused_at, healed_at)],
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "pause-leader",
+        faults: format!("SIGSTOP leader {leader} ~{} s, SIGCONT", FAULT.as_secs()),
+        report,
+    })
+}
+
+async fn isolate_leader(rng: &mut StdRng) -> Result<Row> {
+    let (cluster, leader) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.sandbox.isolate(&node_member(leader))?;
+    let cut_at = now_ms();
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    cluster.sandbox.heal_all()?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, cut_at, healed_at)],
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "isolate-leader",
+        faults: format!(
+            "all traffic of leader {leader} dropped ~{} s",
+            FAULT.as_secs()
+        ),
+        report,
+    })
+}
+
+async fn partition_leader(rng: &mut StdRng) -> Result<Row> {
+    let (cluster, leader) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The leader still reaches the instances, only not the other nodes.
+    let peers: Vec<_> = other_nodes(leader).into_iter().map(node_ip).collect();
+    cluster.sandbox.cut(&node_member(leader), &peers)?;
+    let cut_at = now_ms();
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    cluster.sandbox.heal_all()?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, cut_at, healed_at)],
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "partition-leader-minority",
+        faults: format!(
+            "{{{leader}}} cut from {:?} ~{} s",
+            other_nodes(leader),
+            FAULT.as_secs()
+        ),
+        report,
+    })
+}
+
+async fn campaign_and_rejoin(rng: &mut StdRng) -> Result<Row> {
+    let (cluster, leader) = settled().await?;
+    let follower = pick_follower(rng, leader);
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.sandbox.isolate(&node_member(follower))?;
+    let cut_at = now_ms();
+    // Long enough to campaign several times and raise its term.
+    tokio::time::sleep(jitter(rng, Duration::from_secs(3))).await;
+    let before = cluster.get(leader, "/v1/status").await?["term"].as_u64();
+    cluster.sandbox.heal_all()?;
+    let healed_at = now_ms();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = match cluster.leader().await {
+        Some(id) => cluster.get(id, "/v1/status").await?["term"].as_u64(),
+        None => None,
+    };
+    let majority: Vec<u64> = other_nodes(follower);
+    let must_answer = majority.iter().map(|&n| (n, cut_at, now_ms())).collect();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(follower, cut_at, healed_at)],
+            healed_at,
+            must_answer,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "follower-campaigns-and-rejoins",
+        faults: format!(
+            "follower {follower} isolated ~3 s, rejoins (term {} -> {})",
+            before.map_or("?".into(), |t| t.to_string()),
+            after.map_or("?".into(), |t| t.to_string())
+        ),
+        report,
+    })
+}
+
+async fn cannot_reach_active(rng: &mut StdRng, leader_side: bool) -> Result<Row> {
+    let (cluster, leader) = settled().await?;
+    let node = if leader_side {
+        leader
+    } else {
+        pick_follower(rng, leader)
+    };
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster
+        .sandbox
+        .cut(&node_member(node), &[instance_ip("primary")])?;
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    cluster.sandbox.heal_all()?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            must_answer: NODES.iter().map(|&n| (n, started_at, healed_at)).collect(),
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: if leader_side {
+            "leader-cannot-reach-active"
+        } else {
+            "follower-cannot-reach-active"
+        },
+        faults: format!("node {node} cut from primary ~{} s", FAULT.as_secs()),
+        report,
+    })
+}
+
+async fn kill_active(rng: &mut StdRng) -> Result<Row> {
+    let (mut cluster, _) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(jitter(rng, Duration::from_millis(500))).await;
+    cluster.kill_instance("primary").await;
+    let killed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at: killed_at,
+            active_killed_at: Some(killed_at),
+            // fall probes an interval apart, plus one interval of phase and
+            // the round trip through the leader.
+            failover_within: INTERVAL * (FALL + 1) + Duration::from_millis(500),
+            max_changes: 1,
+            must_answer: NODES.iter().map(|&n| (n, started_at, now_ms())).collect(),
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "kill-active-instance",
+        faults: "primary killed".into(),
+        report,
+    })
+}
+
+async fn packet_loss(rng: &mut StdRng) -> Result<Row> {
+    let (cluster, _) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in NODES {
+        let peers: Vec<_> = other_nodes(id).into_iter().map(node_ip).collect();
+        cluster.sandbox.lose(&node_member(id), &peers, 20)?;
+    }
+    tokio::time::sleep(jitter(rng, Duration::from_secs(6))).await;
+    cluster.sandbox.heal_all()?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "packet-loss-20pct",
+        faults: "20 % of packets between nodes dropped ~6 s".into(),
+        report,
+    })
+}
+
+async fn restart_all(_rng: &mut StdRng) -> Result<Row> {
+    let (mut cluster, _) = settled().await?;
+    let before = Commit::parse(&cluster.events().await?);
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in NODES {
+        cluster.kill_node(id)?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in NODES {
+        cluster.start_node(id, Clock::Normal)?;
+    }
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            committed_before: before,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "restart-whole-cluster",
+        faults: "SIGKILL all 3 nodes, restart all".into(),
+        report,
+    })
+}
+
+async fn clock_ahead(rng: &mut StdRng) -> Result<Row> {
+    let (mut cluster, leader) = settled().await?;
+    let victim = if rng.random_bool(0.5) {
+        leader
+    } else {
+        pick_follower(rng, leader)
+    };
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.kill_node(victim)?;
+    cluster.start_node(victim, Clock::AheadBy(30 * 86_400))?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "monotonic-clock-ahead",
+        faults: format!("node {victim} restarted with its monotonic clock 30 days ahead"),
+        report,
+    })
+}
+
+async fn disk_full(rng: &mut StdRng) -> Result<Row> {
+    // Node 3's data dir is small; it is a follower unless it won the first
+    // election, in which case the scenario fills the leader's disk.
+    let victim = 3;
+    let (mut cluster, leader) =
+        settle(FaultCluster::start_with_small_disk(Some(victim)).await?).await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.fill_disk(victim)?;
+    let full_at = now_ms();
+    tokio::time::sleep(jitter(rng, Duration::from_secs(1))).await;
+    // A change the full node cannot persist.
+    cluster.kill_instance("primary").await;
+    let killed_at = now_ms();
+    tokio::time::sleep(FAULT).await;
+    cluster.free_disk(victim)?;
+    let exited = !cluster.is_running(victim);
+    if exited {
+        // What a supervisor (systemd's Restart=) does.
+        cluster.kill_node(victim)?;
+        cluster.start_node(victim, Clock::Normal)?;
+    }
+    let healed_at = now_ms();
+    let survivors = other_nodes(victim);
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            healed_at,
+            active_killed_at: Some(killed_at),
+            failover_within: INTERVAL * (FALL + 1) + Duration::from_millis(500),
+            max_changes: 1,
+            must_answer: if victim == leader {
+                Vec::new()
+            } else {
+                survivors.iter().map(|&n| (n, full_at, healed_at)).collect()
+            },
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "follower-disk-full-during-failover",
+        faults: format!(
+            "node {victim}{} data dir full, primary killed, space freed{}",
+            if victim == leader {
+                " (the leader)"
+            } else {
+                ""
+            },
+            if exited {
+                ", node had exited and was restarted"
+            } else {
+                ""
+            }
+        ),
+        report,
+    })
+}
