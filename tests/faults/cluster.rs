@@ -60,7 +60,15 @@ pub enum Clock {
     /// In a time namespace whose monotonic and boot clocks run this many
     /// seconds ahead of everyone else's.
     AheadBy(u64),
+    /// With libfaketime preloaded, its wall clock offset by what the node's
+    /// offset file says at each read ([`FaultCluster::set_wall_clock`]);
+    /// the monotonic clock is left alone. Time namespaces cannot move
+    /// CLOCK_REALTIME, so this is how a wall-clock jump is made.
+    FakeWall,
 }
+
+/// libfaketime's thread-safe build (Debian's `faketime` package).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 pub struct FaultCluster {
     pub sandbox: Sandbox,
@@ -76,12 +84,13 @@ pub struct FaultCluster {
 impl FaultCluster {
     /// Makes the sandbox, starts both instances and all three nodes.
     pub async fn start() -> Result<FaultCluster> {
-        FaultCluster::start_with_small_disk(None).await
+        FaultCluster::start_with(None, Clock::Normal).await
     }
 
     /// Like [`FaultCluster::start`], with node `small_disk`'s data dir on a
-    /// tmpfs of [`SMALL_DISK`], which [`FaultCluster::fill_disk`] fills.
-    pub async fn start_with_small_disk(small_disk: Option<u64>) -> Result<FaultCluster> {
+    /// tmpfs of [`SMALL_DISK`] (which [`FaultCluster::fill_disk`] fills),
+    /// and every node started with `clock`.
+    pub async fn start_with(small_disk: Option<u64>, clock: Clock) -> Result<FaultCluster> {
         let mut members: Vec<(String, u8)> = NODES
             .iter()
             .map(|&id| (node_member(id), u8::try_from(id).unwrap_or(0)))
@@ -127,7 +136,7 @@ impl FaultCluster {
             cluster.start_instance(name)?;
         }
         for id in NODES {
-            cluster.start_node(id, Clock::Normal)?;
+            cluster.start_node(id, clock)?;
         }
         Ok(cluster)
     }
@@ -172,6 +181,17 @@ impl FaultCluster {
                 "--",
             ]);
         }
+        if clock == Clock::FakeWall {
+            let file = self.wall_clock_file(id);
+            if !file.exists() {
+                std::fs::write(&file, "+0")?;
+            }
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         command
             .arg(&self.binary)
             .args(["run", "--config"])
@@ -193,6 +213,17 @@ impl FaultCluster {
             .spawn()
             .with_context(|| format!("cannot start node {id}"))?;
         self.nodes.insert(id, child);
+        Ok(())
+    }
+
+    fn wall_clock_file(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}.faketime"))
+    }
+
+    /// Moves the wall clock of node `id` (started with [`Clock::FakeWall`])
+    /// to `offset_seconds` from the real one, from its next read on.
+    pub fn set_wall_clock(&self, id: u64, offset_seconds: i64) -> Result<()> {
+        std::fs::write(self.wall_clock_file(id), format!("{offset_seconds:+}"))?;
         Ok(())
     }
 

@@ -73,6 +73,9 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("follower-disk-full-during-failover", |rng| {
             Box::pin(disk_full(rng))
         }),
+        ("leader-wall-clock-jumps", |rng| {
+            Box::pin(wall_clock_jump(rng))
+        }),
     ]
 }
 
@@ -425,10 +428,23 @@ async fn cannot_reach_active(rng: &mut StdRng, leader_side: bool) -> Result<Row>
     cluster
         .sandbox
         .cut(&node_member(node), &[instance_ip("primary")])?;
-    tokio::time::sleep(jitter(rng, FAULT)).await;
+    let fault = jitter(rng, FAULT);
+    tokio::time::sleep(fault / 2).await;
+    // The fault must bite: the cut node sees primary down, the others up.
+    let status = cluster.get(leader, "/v1/status").await?;
+    let seen = status["services"][0]["instances"][0]["health"].clone();
+    let bit = NODES.iter().all(|n| {
+        let verdict = &seen[n.to_string()];
+        if *n == node {
+            verdict == "down"
+        } else {
+            verdict == "up"
+        }
+    });
+    tokio::time::sleep(fault / 2).await;
     cluster.sandbox.heal_all()?;
     let healed_at = now_ms();
-    let report = finish(
+    let mut report = finish(
         &cluster,
         recorder,
         started_at,
@@ -439,6 +455,11 @@ async fn cannot_reach_active(rng: &mut StdRng, leader_side: bool) -> Result<Row>
         },
     )
     .await?;
+    if !bit {
+        report.violations.push(format!(
+            "the cut had no effect: primary's health as node {leader} saw it mid-fault: {seen}"
+        ));
+    }
     Ok(Row {
         name: if leader_side {
             "leader-cannot-reach-active"
@@ -576,7 +597,7 @@ async fn disk_full(rng: &mut StdRng) -> Result<Row> {
     // election, in which case the scenario fills the leader's disk.
     let victim = 3;
     let (mut cluster, leader) =
-        settle(FaultCluster::start_with_small_disk(Some(victim)).await?).await?;
+        settle(FaultCluster::start_with(Some(victim), Clock::Normal).await?).await?;
     let started_at = now_ms();
     let recorder = Recorder::start(&cluster)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -628,6 +649,65 @@ async fn disk_full(rng: &mut StdRng) -> Result<Row> {
             } else {
                 ""
             }
+        ),
+        report,
+    })
+}
+
+async fn wall_clock_jump(rng: &mut StdRng) -> Result<Row> {
+    if !std::path::Path::new(cluster::LIBFAKETIME).exists() {
+        anyhow::bail!(
+            "{} is missing: apt-get install -y faketime (CI's .ci/run does)",
+            cluster::LIBFAKETIME
+        );
+    }
+    let (cluster, leader) = settle(FaultCluster::start_with(None, Clock::FakeWall).await?).await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Far beyond the cluster transport's ±30 s: the peers refuse its
+    // requests and it refuses theirs, so it is cut off.
+    cluster.set_wall_clock(leader, 120)?;
+    let jumped_at = now_ms();
+    let fault = jitter(rng, FAULT);
+    tokio::time::sleep(fault / 2).await;
+    // The fault must bite: the others have elected someone else.
+    let mut successor = None;
+    for id in other_nodes(leader) {
+        if let Ok(status) = cluster.get(id, "/v1/status").await {
+            successor = successor.or(status["leader"].as_u64().filter(|&l| l != leader));
+        }
+    }
+    tokio::time::sleep(fault / 2).await;
+    cluster.set_wall_clock(leader, 0)?;
+    let healed_at = now_ms();
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, jumped_at, healed_at)],
+            healed_at,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    let mut report = report;
+    let Some(successor) = successor else {
+        report
+            .violations
+            .push("the jump had no effect: the others still followed the old leader".into());
+        return Ok(Row {
+            name: "leader-wall-clock-jumps",
+            faults: "wall clock +120 s (no effect)".into(),
+            report,
+        });
+    };
+    Ok(Row {
+        name: "leader-wall-clock-jumps",
+        faults: format!(
+            "leader {leader}'s wall clock jumps +120 s for ~{} s, then back (node {successor} took over)",
+            FAULT.as_secs()
         ),
         report,
     })
