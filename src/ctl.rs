@@ -214,7 +214,75 @@ pub async fn status(target: &Target, json: bool) -> Result<String, CtlError> {
             );
         }
     }
+    print_publish(&mut out, &status, unix_now_millis());
     Ok(out)
+}
+
+/// The `[[publish]]` targets of `status`, as of `now` (unix ms). Only the
+/// leader publishes, so another node's entries just point at it.
+fn print_publish(out: &mut String, status: &Status, now: u64) {
+    for target in &status.publish {
+        let _ = writeln!(out);
+        if !target.active {
+            let _ = writeln!(
+                out,
+                "publish {} ({}): not published from this node; the leader ({}) publishes, ask it",
+                target.name,
+                target.kind,
+                status
+                    .leader
+                    .map_or("none yet".into(), |l| format!("node {l}"))
+            );
+            continue;
+        }
+        let ago = |at: Option<u64>| {
+            at.map_or("never".to_owned(), |at| {
+                format!("{} s ago", now.saturating_sub(at) / 1000)
+            })
+        };
+        let state = if target.failures > 0 {
+            format!(
+                "FAILING ({} in a row): {}",
+                target.failures,
+                target.last_error.as_deref().unwrap_or("")
+            )
+        } else if target.in_sync {
+            "in sync".to_owned()
+        } else {
+            "NOT in sync".to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "publish {} ({}): {state}; last success {}, {} write{}",
+            target.name,
+            target.kind,
+            ago(target.last_success),
+            target.writes,
+            if target.writes == 1 { "" } else { "s" }
+        );
+        for record in &target.records {
+            let _ = writeln!(
+                out,
+                "  {:<32} epoch {:<4} published {:<4} {}{}",
+                record.name,
+                record.epoch,
+                record
+                    .published_epoch
+                    .map_or("none".to_owned(), |e| e.to_string()),
+                record.state.as_str(),
+                record
+                    .detail
+                    .as_deref()
+                    .map_or(String::new(), |d| format!(": {d}"))
+            );
+        }
+    }
+}
+
+fn unix_now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn change(
@@ -329,5 +397,77 @@ pub async fn events(
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PublishStatus, PublishedRecord, RecordState};
+
+    fn status(publish: Vec<PublishStatus>) -> Status {
+        Status {
+            node: 2,
+            role: "follower".into(),
+            term: 3,
+            leader: Some(1),
+            last_applied: 9,
+            in_majority: true,
+            services: Vec::new(),
+            publish,
+        }
+    }
+
+    fn target(active: bool, failures: u64) -> PublishStatus {
+        PublishStatus {
+            name: "corp-bind".into(),
+            kind: "rfc2136".into(),
+            active,
+            in_sync: failures == 0,
+            records: vec![PublishedRecord {
+                service: "db".into(),
+                name: "db.example.com.".into(),
+                epoch: 5,
+                published_epoch: Some(4),
+                state: if failures == 0 {
+                    RecordState::InSync
+                } else {
+                    RecordState::Failed
+                },
+                detail: (failures > 0).then(|| "ns1 did not answer within 5s".to_owned()),
+            }],
+            last_success: Some(1_000_000),
+            last_error: (failures > 0).then(|| "ns1 did not answer within 5s".to_owned()),
+            last_error_at: None,
+            failures,
+            writes: 1,
+        }
+    }
+
+    #[test]
+    fn publish_targets_show_their_state_or_point_at_the_leader() {
+        let mut out = String::new();
+        print_publish(&mut out, &status(vec![target(true, 0)]), 1_042_000);
+        assert!(
+            out.contains("publish corp-bind (rfc2136): in sync; last success 42 s ago, 1 write\n"),
+            "{out}"
+        );
+        assert!(out.contains("db.example.com."), "{out}");
+        assert!(out.contains("published 4"), "{out}");
+
+        let mut out = String::new();
+        print_publish(&mut out, &status(vec![target(true, 3)]), 1_042_000);
+        assert!(
+            out.contains("FAILING (3 in a row): ns1 did not answer within 5s"),
+            "{out}"
+        );
+        assert!(out.contains("failed: ns1 did not answer"), "{out}");
+
+        let mut out = String::new();
+        print_publish(&mut out, &status(vec![target(false, 0)]), 1_042_000);
+        assert!(
+            out.contains("not published from this node; the leader (node 1) publishes"),
+            "{out}"
+        );
     }
 }
