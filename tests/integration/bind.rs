@@ -24,19 +24,25 @@ pub struct Bind {
     /// Holds named.conf, the zone file, its journal and the key file.
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
+    algorithm: &'static str,
     secret: String,
 }
 
 impl Bind {
     /// Starts `named` for [`ZONE`] with a fresh hmac-sha256 key.
     pub fn start() -> Result<Bind> {
+        Bind::start_with("hmac-sha256")
+    }
+
+    /// Starts `named` for [`ZONE`] with a fresh key of `algorithm`.
+    pub fn start_with(algorithm: &'static str) -> Result<Bind> {
         let named = ["/usr/sbin/named", "/usr/bin/named"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .context(
                 "BIND's named is not installed: `apt-get install -y bind9 bind9-dnsutils` (CI's .ci/run does)",
             )?;
-        let secret = data_encoding::BASE64.encode(&rand::random::<[u8; 32]>());
+        let secret = data_encoding::BASE64.encode(&rand::random::<[u8; 64]>());
         // A port freed just before named binds it can be taken in between,
         // so a failed start is retried on another.
         let mut last = None;
@@ -44,7 +50,7 @@ impl Bind {
             let dir = tempfile::tempdir()?;
             let port = free_port()?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            write_config(dir.path(), port, &secret)?;
+            write_config(dir.path(), port, algorithm, &secret)?;
             let log = std::fs::File::create(dir.path().join("named.log"))?;
             let child = Command::new(named)
                 .args(["-g", "-n", "1", "-c"])
@@ -58,6 +64,7 @@ impl Bind {
                 child,
                 dir,
                 addr,
+                algorithm,
                 secret: secret.clone(),
             };
             match bind.wait_ready(Duration::from_secs(10)) {
@@ -156,7 +163,10 @@ impl Bind {
             self.addr.port()
         );
         let mut child = Command::new("nsupdate")
-            .args(["-y", &format!("hmac-sha256:{KEY_NAME}:{}", self.secret)])
+            .args([
+                "-y",
+                &format!("{}:{KEY_NAME}:{}", self.algorithm, self.secret),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -197,11 +207,11 @@ fn free_port() -> Result<u16> {
     bail!("no free loopback port for named")
 }
 
-fn write_config(dir: &Path, port: u16, secret: &str) -> Result<()> {
+fn write_config(dir: &Path, port: u16, algorithm: &str, secret: &str) -> Result<()> {
     let d = dir.display();
     std::fs::write(
         dir.join("key.conf"),
-        format!("key \"{KEY_NAME}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"),
+        format!("key \"{KEY_NAME}\" {{\n\talgorithm {algorithm};\n\tsecret \"{secret}\";\n}};\n"),
     )?;
     std::fs::write(
         dir.join("zone.db"),

@@ -125,6 +125,38 @@ async fn creates_then_changes_the_record_and_its_marker_in_bind() -> Result<()> 
 }
 
 #[tokio::test]
+async fn hmac_sha512_keys_sign_as_well() -> Result<()> {
+    let bind = Bind::start_with("hmac-sha512")?;
+    let dir = ConfigDir::new()?;
+    let key = format!("{}\ntsig_algorithm = \"hmac-sha512\"", right_key(&bind));
+    let publisher = publisher(&dir, &config_text(&bind, &key))?;
+    let a = Target::A(Ipv4Addr::new(192, 0, 2, 1));
+    publish(&publisher, &desired(1, "db1", a), WriteReason::Create).await?;
+    assert_eq!(bind.data(RECORD, "A")?, ["192.0.2.1"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_record_set_too_big_for_udp_is_read_over_tcp_and_replaced() -> Result<()> {
+    let bind = Bind::start()?;
+    let dir = ConfigDir::new()?;
+    let publisher = publisher(&dir, &config_text(&bind, &right_key(&bind)))?;
+    // 60 A records: about 1 KB, over the 512 bytes of UDP without EDNS, so
+    // BIND truncates the UDP answer and the read must go over TCP.
+    let adds: Vec<String> = (1..=60)
+        .map(|i| format!("update add {RECORD} 60 A 198.51.100.{i}"))
+        .collect();
+    bind.nsupdate(&adds.join("\n"))?;
+    let actual = publisher.read(RECORD).await?;
+    assert_eq!(actual.records.len(), 60, "every record, read over TCP");
+    let want = desired(1, "db1", Target::A(Ipv4Addr::new(192, 0, 2, 1)));
+    assert_eq!(plan(&want, &actual), Plan::Write(WriteReason::Adopt));
+    publisher.write(&want, &actual).await?;
+    assert_eq!(bind.data(RECORD, "A")?, ["192.0.2.1"]);
+    Ok(())
+}
+
+#[tokio::test]
 async fn bind_refuses_a_write_based_on_a_stale_read() -> Result<()> {
     let bind = Bind::start()?;
     let dir = ConfigDir::new()?;
