@@ -31,6 +31,9 @@
 //! written by this module or its providers from what they know, not from
 //! request headers.
 
+pub mod cloudflare;
+pub mod digitalocean;
+mod http;
 pub mod rfc2136;
 
 #[cfg(test)]
@@ -320,11 +323,8 @@ pub trait Publisher: Send + Sync {
 pub fn build(target: &PublishConfig) -> Result<Box<dyn Publisher>, String> {
     match &target.kind {
         PublishKind::Rfc2136 { .. } => Ok(Box::new(rfc2136::Rfc2136::new(target)?)),
-        PublishKind::DigitalOcean { .. } | PublishKind::Cloudflare { .. } => Err(format!(
-            "publish target {}: kind {} is not available in this build",
-            target.name,
-            target.kind.name()
-        )),
+        PublishKind::DigitalOcean { .. } => Ok(Box::new(digitalocean::DigitalOcean::new(target)?)),
+        PublishKind::Cloudflare { .. } => Ok(Box::new(cloudflare::Cloudflare::new(target)?)),
     }
 }
 
