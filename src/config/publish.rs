@@ -308,6 +308,10 @@ impl Validator {
             Some(written) => written.to_ascii_lowercase(),
             None => format!("{SERVICE_PLACEHOLDER}.{zone}"),
         };
+        // The default follows the zone: a bad zone is reported once, at zone.
+        if written.is_none() && (!zone.ends_with('.') || check_name(zone).is_err()) {
+            return template;
+        }
         let shown = quoted(written.unwrap_or(&template));
         let accepted = format!(
             "expected an absolute name inside the zone, with {SERVICE_PLACEHOLDER} for the service name, like \"{SERVICE_PLACEHOLDER}.{zone}\""
