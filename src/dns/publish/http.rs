@@ -233,18 +233,21 @@ impl Api {
         ))
     }
 
-    /// The status and the API's own error text, with the token scrubbed.
+    /// The status and the API's own error text, with the token scrubbed
+    /// (before the text is cut, so no part of it survives, and after it is
+    /// parsed, in case JSON escaping hid it).
     pub fn api_says(&self, status: StatusCode, body: &[u8]) -> String {
-        match api_message(body) {
-            Some(message) => {
-                let token = String::from_utf8_lossy(&self.token.secret.0);
-                let message = if token.is_empty() {
-                    message
-                } else {
-                    message.replace(token.as_ref(), "<redacted>")
-                };
-                format!("HTTP {status}: {message}")
+        let token = String::from_utf8_lossy(&self.token.secret.0);
+        let scrub = |text: String| {
+            if token.is_empty() {
+                text
+            } else {
+                text.replace(token.as_ref(), "<redacted>")
             }
+        };
+        let body = scrub(String::from_utf8_lossy(body).into_owned());
+        match api_message(body.as_bytes()) {
+            Some(message) => format!("HTTP {status}: {}", scrub(message)),
             None => format!("HTTP {status}"),
         }
     }

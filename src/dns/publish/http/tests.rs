@@ -152,6 +152,13 @@ fn statuses_map_onto_publish_errors() {
     );
     assert!(!echoed.to_string().contains(TOKEN), "{echoed}");
     assert!(echoed.to_string().contains("Bearer <redacted>"), "{echoed}");
+    // Nor a part of it, where the text is cut.
+    let cut = refusal(
+        400,
+        &[],
+        &format!("{} {TOKEN}", "x".repeat(MAX_API_MESSAGE - 10)),
+    );
+    assert!(!cut.to_string().contains(&TOKEN[..9]), "{cut}");
 }
 
 #[test]
