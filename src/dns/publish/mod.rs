@@ -22,9 +22,10 @@
 //!   by the server itself, atomically;
 //! - the HTTP APIs offer no conditional write, so there the guard is the
 //!   read just before the write and the leadership check right before each
-//!   request: a deposed leader stops before its lease ends, and the
-//!   remaining window is one request. The next leader's pass reads back and
-//!   repairs anything written late.
+//!   write: a deposed leader stops before its lease ends, and the remaining
+//!   window is one write (the few requests that replace a record, then its
+//!   marker). The next leader's pass reads back and repairs anything written
+//!   late.
 //!
 //! Nothing here proposes to the cluster or blocks the decide loop or DNS.
 //! Secrets never reach a log line, an error or the status: every error is
