@@ -1958,7 +1958,44 @@ pub fn describe(config: &Config) -> String {
             humantime::format_duration(h.timeout)
         );
     }
+    for p in &config.publish {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "{}", describe_publish(p));
+    }
     out
+}
+
+/// One `[[publish]]` target on one line: where, what, how often. Names where
+/// the token or TSIG secret comes from, never the secret.
+fn describe_publish(p: &PublishConfig) -> String {
+    let at = match &p.kind {
+        PublishKind::Rfc2136 { server, tsig } => format!(
+            "at {server}, TSIG key {} ({})",
+            tsig.name,
+            tsig.algorithm.name()
+        ),
+        PublishKind::DigitalOcean { base_url, token } => format!("at {base_url}, {}", token.source),
+        PublishKind::Cloudflare {
+            base_url,
+            zone_id,
+            token,
+        } => format!(
+            "at {base_url}, zone id {}, {}",
+            zone_id.as_deref().unwrap_or("looked up by name"),
+            token.source
+        ),
+    };
+    format!(
+        "publish {}: {} {at}; zone {}, record {} for {}; ttl {}, every {}, timeout {}",
+        p.name,
+        p.kind.name(),
+        p.zone,
+        p.record,
+        p.services.join(", "),
+        humantime::format_duration(p.ttl),
+        humantime::format_duration(p.interval),
+        humantime::format_duration(p.timeout)
+    )
 }
 
 fn dot_zone(zone: &str) -> String {

@@ -308,6 +308,10 @@ impl Validator {
             Some(written) => written.to_ascii_lowercase(),
             None => format!("{SERVICE_PLACEHOLDER}.{zone}"),
         };
+        // The default follows the zone: a bad zone is reported once, at zone.
+        if written.is_none() && (!zone.ends_with('.') || check_name(zone).is_err()) {
+            return template;
+        }
         let shown = quoted(written.unwrap_or(&template));
         let accepted = format!(
             "expected an absolute name inside the zone, with {SERVICE_PLACEHOLDER} for the service name, like \"{SERVICE_PLACEHOLDER}.{zone}\""
@@ -359,7 +363,12 @@ impl Validator {
             PublishKind::Cloudflare { .. } => CLOUDFLARE_MIN_TTL,
         };
         let Some(written) = written else {
-            return dns_ttl.max(Duration::from_secs(min));
+            // Cloudflare takes 30 s only on Enterprise zones; 60 s anywhere.
+            let default_min = match kind {
+                PublishKind::Cloudflare { .. } => 60,
+                _ => min,
+            };
+            return dns_ttl.max(Duration::from_secs(default_min));
         };
         let field = format!("{key}.ttl");
         let ttl = self.duration(&field, written);

@@ -2056,3 +2056,461 @@ fn unknown_key_in_the_tls_table_is_a_syntax_error() {
         other => panic!("expected a syntax error, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------- [[publish]]
+
+/// A TSIG secret as `tsig-keygen` makes it (32 bytes, base64).
+const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYnk=";
+
+/// An API token the tests write to `api.token`.
+const API_TOKEN: &str = "dop_v1_0123456789abcdef0123456789abcdef";
+
+/// [`BASE`] with `publish` appended (one or more `[[publish]]` tables).
+fn with_publish(publish: &str) -> String {
+    format!("{BASE}\n{publish}")
+}
+
+impl Fixture {
+    /// Writes the files the publish tests name: a TSIG secret alone, a
+    /// `tsig-keygen` key file, and an API token.
+    fn with_publish_files(self) -> Self {
+        let write = |name: &str, text: &str| {
+            std::fs::write(self.dir.path().join(name), text).expect("write");
+        };
+        write("tsig.secret", &format!("{TSIG_SECRET}\n"));
+        write(
+            "highlander.key",
+            &format!(
+                "key \"highlander\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{TSIG_SECRET}\";\n}};\n"
+            ),
+        );
+        write("api.token", &format!("{API_TOKEN}\n"));
+        self
+    }
+}
+
+/// An environment variable that is set and holds a token-shaped value
+/// (visible ASCII only), so a test can name it without setting one.
+fn some_token_env() -> (String, String) {
+    std::env::vars()
+        .find(|(_, value)| !value.is_empty() && value.chars().all(|c| c.is_ascii_graphic()))
+        .expect("an environment variable with a token-shaped value")
+}
+
+/// A variable no environment holds.
+const UNSET_ENV: &str = "HIGHLANDER_TEST_TOKEN_THAT_IS_NEVER_SET";
+
+const RFC2136: &str = r#"
+[[publish]]
+name = "ns1"
+kind = "rfc2136"
+zone = "example.com."
+server = "192.0.2.53"
+tsig_key = "highlander"
+tsig_secret_file = "tsig.secret"
+"#;
+
+const DIGITALOCEAN: &str = r#"
+[[publish]]
+name = "do"
+kind = "digitalocean"
+zone = "example.com."
+token_file = "api.token"
+"#;
+
+#[test]
+fn publish_targets_of_every_kind_are_read_with_their_defaults() {
+    let fx = Fixture::new().with_publish_files();
+    let (env, env_token) = some_token_env();
+    let config = fx.valid(&with_publish(&format!(
+        r#"{RFC2136}
+[[publish]]
+name = "DO"
+kind = "digitalocean"
+zone = "Example.COM."
+record = "{{service}}.prod.example.com."
+services = ["DB"]
+ttl = "1m"
+token_file = "api.token"
+
+[[publish]]
+name = "cf"
+kind = "cloudflare"
+zone = "example.org."
+base_url = "http://127.0.0.1:8080/client/v4/"
+zone_id = "023e105f4ecef8ad9ca31a8372d0c353"
+token_env = "{env}"
+interval = "10s"
+timeout = "2s"
+"#
+    )));
+    assert_eq!(config.publish.len(), 3);
+
+    let ns1 = &config.publish[0];
+    assert_eq!(ns1.name, "ns1");
+    assert_eq!(ns1.services, ["web", "db"]);
+    assert_eq!(ns1.record, "{service}.example.com.");
+    assert_eq!(ns1.record_name("db"), "db.example.com.");
+    assert_eq!(ns1.ttl, config.dns.ttl, "the default TTL is [dns]'s");
+    assert_eq!(ns1.interval, Duration::from_secs(30));
+    assert_eq!(ns1.timeout, Duration::from_secs(5));
+    match &ns1.kind {
+        PublishKind::Rfc2136 { server, tsig } => {
+            assert_eq!(server, "192.0.2.53:53");
+            assert_eq!(tsig.name, "highlander.");
+            assert_eq!(tsig.algorithm, TsigAlgorithm::HmacSha256);
+            assert_eq!(tsig.secret.0, b"secret-secret-secret-secret-32by");
+        }
+        other => panic!("expected rfc2136, got {other:?}"),
+    }
+
+    let digitalocean = &config.publish[1];
+    assert_eq!(digitalocean.name, "do");
+    assert_eq!(digitalocean.zone, "example.com.");
+    assert_eq!(digitalocean.services, ["db"]);
+    assert_eq!(digitalocean.record_name("db"), "db.prod.example.com.");
+    assert_eq!(digitalocean.ttl, Duration::from_secs(60));
+    match &digitalocean.kind {
+        PublishKind::DigitalOcean { base_url, token } => {
+            assert_eq!(base_url, publish::DIGITALOCEAN_API);
+            assert_eq!(token.secret.0, API_TOKEN.as_bytes());
+            assert_eq!(token.bearer(), format!("Bearer {API_TOKEN}"));
+            assert_eq!(
+                token.source,
+                TokenSource::File(fx.dir.path().join("api.token"))
+            );
+        }
+        other => panic!("expected digitalocean, got {other:?}"),
+    }
+
+    let cloudflare = &config.publish[2];
+    // A provider's minimum wins over a shorter [dns] TTL; Cloudflare's
+    // default is the 60 s every plan takes (30 s is Enterprise only).
+    assert_eq!(cloudflare.ttl, Duration::from_secs(60));
+    assert_eq!(cloudflare.interval, Duration::from_secs(10));
+    assert_eq!(cloudflare.timeout, Duration::from_secs(2));
+    match &cloudflare.kind {
+        PublishKind::Cloudflare {
+            base_url,
+            zone_id,
+            token,
+        } => {
+            assert_eq!(base_url, "http://127.0.0.1:8080/client/v4");
+            assert_eq!(zone_id.as_deref(), Some("023e105f4ecef8ad9ca31a8372d0c353"));
+            assert_eq!(token.secret.0, env_token.as_bytes());
+            assert_eq!(token.source, TokenSource::Env(env.clone()));
+        }
+        other => panic!("expected cloudflare, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_tsig_keygen_key_file_is_accepted_as_the_secret() {
+    let fx = Fixture::new().with_publish_files();
+    let config = fx.valid(&with_publish(
+        &RFC2136.replace("tsig.secret", "highlander.key"),
+    ));
+    match &config.publish[0].kind {
+        PublishKind::Rfc2136 { tsig, .. } => {
+            assert_eq!(tsig.secret.0, b"secret-secret-secret-secret-32by");
+        }
+        other => panic!("expected rfc2136, got {other:?}"),
+    }
+}
+
+#[test]
+fn no_token_or_tsig_secret_reaches_debug_output() {
+    let fx = Fixture::new().with_publish_files();
+    let config = fx.valid(&with_publish(&format!("{RFC2136}{DIGITALOCEAN}")));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains(API_TOKEN), "the API token was printed");
+    assert!(!shown.contains(TSIG_SECRET), "the TSIG secret was printed");
+    assert!(
+        !shown.contains("secret-secret"),
+        "the TSIG secret was printed"
+    );
+    assert!(shown.contains("<redacted>"));
+    let described = describe(&config);
+    assert!(!described.contains(API_TOKEN) && !described.contains(TSIG_SECRET));
+}
+
+#[test]
+fn describe_prints_each_publish_target_on_one_line() {
+    let fx = Fixture::new().with_publish_files();
+    let config = fx.valid(&with_publish(&format!("{RFC2136}{DIGITALOCEAN}")));
+    let described = describe(&config);
+    let lines: Vec<&str> = described
+        .lines()
+        .filter(|l| l.starts_with("publish "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{described}");
+    assert_eq!(
+        lines[0],
+        "publish ns1: rfc2136 at 192.0.2.53:53, TSIG key highlander. (hmac-sha256); zone example.com., record {service}.example.com. for web, db; ttl 5s, every 30s, timeout 5s"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "publish do: digitalocean at https://api.digitalocean.com, token from {}; zone example.com., record {{service}}.example.com. for web, db; ttl 30s, every 30s, timeout 5s",
+            fx.dir.path().join("api.token").display()
+        )
+    );
+}
+
+#[test]
+fn publish_of_unknown_kind_is_rejected() {
+    Fixture::new().single_problem(
+        &with_publish("[[publish]]\nname = \"x\"\nkind = \"route53\"\nzone = \"example.com.\"\n"),
+        "publish[0].kind",
+        "\"route53\"",
+        "expected \"rfc2136\" (a DNS server taking TSIG-signed updates), \"digitalocean\" or \"cloudflare\"",
+    );
+}
+
+#[test]
+fn rfc2136_without_server_key_or_secret_is_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    for (key, line, hint) in [
+        (
+            "server",
+            "server = \"192.0.2.53\"\n",
+            "an rfc2136 target needs a server; expected the primary server's address",
+        ),
+        (
+            "tsig_key",
+            "tsig_key = \"highlander\"\n",
+            "name the key the server knows, like \"highlander\"; create one with `tsig-keygen",
+        ),
+        (
+            "tsig_secret_file",
+            "tsig_secret_file = \"tsig.secret\"\n",
+            "a file holding its base64 secret, or the key file itself",
+        ),
+    ] {
+        fx.single_problem(
+            &with_publish(&RFC2136.replace(line, "")),
+            &format!("publish[0].{key}"),
+            "",
+            hint,
+        );
+    }
+}
+
+#[test]
+fn rfc2136_secret_that_is_not_base64_is_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    std::fs::write(fx.dir.path().join("bad.secret"), "not base64 at all!\n").expect("write");
+    std::fs::write(fx.dir.path().join("short.secret"), "c2hvcnQ=\n").expect("write");
+    fx.single_problem(
+        &with_publish(&RFC2136.replace("tsig.secret", "bad.secret")),
+        "publish[0].tsig_secret_file",
+        "\"bad.secret\"",
+        "the secret is not valid base64",
+    );
+    fx.single_problem(
+        &with_publish(&RFC2136.replace("tsig.secret", "short.secret")),
+        "publish[0].tsig_secret_file",
+        "\"short.secret\"",
+        "the secret is 5 bytes long; use at least 16 random bytes",
+    );
+    fx.single_problem(
+        &with_publish(&RFC2136.replace("tsig.secret", "missing.secret")),
+        "publish[0].tsig_secret_file",
+        "\"missing.secret\"",
+        "cannot read",
+    );
+}
+
+#[test]
+fn api_token_from_both_or_neither_source_is_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    let accepted = "expected token_file (a file holding the API token) or token_env (the name of an environment variable holding it)";
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace(
+            "token_file = \"api.token\"\n",
+            "token_file = \"api.token\"\ntoken_env = \"DO_TOKEN\"\n",
+        )),
+        "publish[0].token_env",
+        "\"DO_TOKEN\"",
+        &format!("set only one of token_file and token_env; {accepted}"),
+    );
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace("token_file = \"api.token\"\n", "")),
+        "publish[0].token_file",
+        "",
+        accepted,
+    );
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace("api.token", "missing.token")),
+        "publish[0].token_file",
+        "\"missing.token\"",
+        "cannot read",
+    );
+}
+
+#[test]
+fn api_token_from_a_missing_environment_variable_is_rejected() {
+    assert!(std::env::var_os(UNSET_ENV).is_none());
+    let fx = Fixture::new().with_publish_files();
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace(
+            "token_file = \"api.token\"",
+            &format!("token_env = \"{UNSET_ENV}\""),
+        )),
+        "publish[0].token_env",
+        &format!("\"{UNSET_ENV}\""),
+        "environment variable not found in highlander's environment; expected token_file",
+    );
+}
+
+#[test]
+fn api_token_holding_whitespace_is_rejected_without_printing_it() {
+    let fx = Fixture::new().with_publish_files();
+    std::fs::write(
+        fx.dir.path().join("two.token"),
+        "first-token second-token\n",
+    )
+    .expect("write");
+    let problem = fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace("api.token", "two.token")),
+        "publish[0].token_file",
+        "token from",
+        "the token holds whitespace or control characters",
+    );
+    assert!(!problem.to_string().contains("first-token"), "{problem}");
+}
+
+#[test]
+fn record_template_outside_the_zone_is_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace(
+            "zone = \"example.com.\"\n",
+            "zone = \"example.com.\"\nrecord = \"{service}.example.org.\"\n",
+        )),
+        "publish[0].record",
+        "\"{service}.example.org.\"",
+        "\"web.example.org.\" is not a name below the zone \"example.com.\"; expected an absolute name inside the zone",
+    );
+    fx.single_problem(
+        &with_publish(&DIGITALOCEAN.replace(
+            "zone = \"example.com.\"\n",
+            "zone = \"example.com.\"\nrecord = \"{service}\"\n",
+        )),
+        "publish[0].record",
+        "\"{service}\"",
+        "not an absolute name",
+    );
+}
+
+#[test]
+fn two_services_sharing_one_record_name_are_rejected() {
+    Fixture::new().with_publish_files().single_problem(
+        &with_publish(&DIGITALOCEAN.replace(
+            "zone = \"example.com.\"\n",
+            "zone = \"example.com.\"\nrecord = \"db.example.com.\"\n",
+        )),
+        "publish[0].record",
+        "\"db.example.com.\"",
+        "this target publishes 2 services, and without {service} they would all write the same record",
+    );
+}
+
+#[test]
+fn ttl_under_the_providers_minimum_is_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    for (kind, target, min) in [
+        ("digitalocean", DIGITALOCEAN.to_owned(), 30),
+        (
+            "cloudflare",
+            DIGITALOCEAN.replace("digitalocean", "cloudflare"),
+            30,
+        ),
+        ("rfc2136", RFC2136.to_owned(), 1),
+    ] {
+        let too_short = if min == 1 { "500ms" } else { "10s" };
+        fx.single_problem(
+            &with_publish(&format!("{target}ttl = \"{too_short}\"\n")),
+            "publish[0].ttl",
+            too_short,
+            &format!("a {kind} record's TTL is whole seconds from {min}s to 1 day"),
+        );
+    }
+}
+
+#[test]
+fn keys_of_another_publish_kind_are_rejected() {
+    let fx = Fixture::new().with_publish_files();
+    fx.single_problem(
+        &with_publish(&format!("{RFC2136}token_file = \"api.token\"\n")),
+        "publish[0].token_file",
+        "\"api.token\"",
+        "only applies to kind = \"digitalocean\" or \"cloudflare\", not kind = \"rfc2136\"",
+    );
+    fx.single_problem(
+        &with_publish(&format!(
+            "{DIGITALOCEAN}zone_id = \"023e105f4ecef8ad9ca31a8372d0c353\"\n"
+        )),
+        "publish[0].zone_id",
+        "\"023e105f4ecef8ad9ca31a8372d0c353\"",
+        "only applies to kind = \"cloudflare\", not kind = \"digitalocean\"",
+    );
+    fx.single_problem(
+        &with_publish(&format!(
+            "{}server = \"192.0.2.53\"\n",
+            DIGITALOCEAN.replace("digitalocean", "cloudflare")
+        )),
+        "publish[0].server",
+        "\"192.0.2.53\"",
+        "only applies to kind = \"rfc2136\", not kind = \"cloudflare\"",
+    );
+}
+
+#[test]
+fn other_publish_mistakes_name_their_key() {
+    let fx = Fixture::new().with_publish_files();
+    let cases = [
+        (
+            DIGITALOCEAN.replace("zone = \"example.com.\"", "zone = \"example.com\""),
+            "publish[0].zone",
+            "\"example.com\"",
+            "a zone must be an absolute name ending with a dot, like \"example.com.\"",
+        ),
+        (
+            format!("{DIGITALOCEAN}base_url = \"ftp://api.example/\"\n"),
+            "publish[0].base_url",
+            "\"ftp://api.example/\"",
+            "expected an http:// or https:// URL, like \"https://api.digitalocean.com\"",
+        ),
+        (
+            format!("{DIGITALOCEAN}services = [\"mail\"]\n"),
+            "publish[0].services[0]",
+            "\"mail\"",
+            "no such service; expected one of the [[services]] names: web, db",
+        ),
+        (
+            format!("{DIGITALOCEAN}interval = \"0s\"\n"),
+            "publish[0].interval",
+            "0s",
+            "must be longer than 0",
+        ),
+        (
+            format!(
+                "{}zone_id = \"not/an/id\"\n",
+                DIGITALOCEAN.replace("digitalocean", "cloudflare")
+            ),
+            "publish[0].zone_id",
+            "\"not/an/id\"",
+            "expected the zone's id from the Cloudflare dashboard",
+        ),
+        (
+            format!("{DIGITALOCEAN}{}", DIGITALOCEAN.replace("\"do\"", "\"DO\"")),
+            "publish[1].name",
+            "\"DO\"",
+            "duplicate publish target name",
+        ),
+    ];
+    for (text, key, value, hint) in cases {
+        fx.single_problem(&with_publish(&text), key, value, hint);
+    }
+}

@@ -282,9 +282,10 @@ pub fn check(
         for &(node, from, to) in &expect.minority {
             if node == o.node && o.at > from + lease_ms + SLACK_MS && o.at < to {
                 violations.push(format!(
-                    "S3: node {node} answered epoch {epoch} at +{} ms, {} ms into its time outside the majority (lease {lease_ms} ms)",
+                    "S3: node {node} answered epoch {epoch} at +{} ms, {} ms into its time outside the majority and {} ms before it ended (lease {lease_ms} ms)",
                     o.at.saturating_sub(started_at),
-                    o.at - from
+                    o.at - from,
+                    to - o.at
                 ));
             }
         }

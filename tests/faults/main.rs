@@ -252,8 +252,10 @@ async fn kill_node(rng: &mut StdRng, name: &'static str, leader_too: bool) -> Re
     cluster.kill_node(victim)?;
     let killed_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
-    cluster.start_node(victim, Clock::Normal)?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.start_node(victim, Clock::Normal)?;
     let survivors = other_nodes(victim);
     // The survivors keep a majority: they answer throughout, apart from the
     // moment a new leader is elected (their leases outlast it).
@@ -287,8 +289,10 @@ async fn pause_leader(rng: &mut StdRng) -> Result<Row> {
     cluster.pause_node(leader)?;
     let paused_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
-    cluster.resume_node(leader)?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.resume_node(leader)?;
     let report = finish(
         &cluster,
         recorder,
@@ -315,8 +319,10 @@ async fn isolate_leader(rng: &mut StdRng) -> Result<Row> {
     cluster.sandbox.isolate(&node_member(leader))?;
     let cut_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
-    cluster.sandbox.heal_all()?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
     let report = finish(
         &cluster,
         recorder,
@@ -348,8 +354,10 @@ async fn partition_leader(rng: &mut StdRng) -> Result<Row> {
     cluster.sandbox.cut(&node_member(leader), &peers)?;
     let cut_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
-    cluster.sandbox.heal_all()?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
     let report = finish(
         &cluster,
         recorder,
@@ -383,8 +391,10 @@ async fn campaign_and_rejoin(rng: &mut StdRng) -> Result<Row> {
     // Long enough to campaign several times and raise its term.
     tokio::time::sleep(jitter(rng, Duration::from_secs(3))).await;
     let before = cluster.get(leader, "/v1/status").await?["term"].as_u64();
-    cluster.sandbox.heal_all()?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = match cluster.leader().await {
         Some(id) => cluster.get(id, "/v1/status").await?["term"].as_u64(),
@@ -442,8 +452,10 @@ async fn cannot_reach_active(rng: &mut StdRng, leader_side: bool) -> Result<Row>
         }
     });
     tokio::time::sleep(fault / 2).await;
-    cluster.sandbox.heal_all()?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
     let mut report = finish(
         &cluster,
         recorder,
@@ -511,8 +523,10 @@ async fn packet_loss(rng: &mut StdRng) -> Result<Row> {
         cluster.sandbox.lose(&node_member(id), &peers, 20)?;
     }
     tokio::time::sleep(jitter(rng, Duration::from_secs(6))).await;
-    cluster.sandbox.heal_all()?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
     let report = finish(
         &cluster,
         recorder,
@@ -679,8 +693,10 @@ async fn wall_clock_jump(rng: &mut StdRng) -> Result<Row> {
         }
     }
     tokio::time::sleep(fault / 2).await;
-    cluster.set_wall_clock(leader, 0)?;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
     let healed_at = now_ms();
+    cluster.set_wall_clock(leader, 0)?;
     let report = finish(
         &cluster,
         recorder,

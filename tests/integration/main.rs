@@ -17,6 +17,8 @@ mod ctl;
 mod dashboard;
 /// `highlander demo`: the scripted story and its summary; nothing left behind, even after SIGKILL.
 mod demo;
+/// Local fakes of the DigitalOcean and Cloudflare DNS record APIs, from their public docs.
+mod fake_dns_api;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// Hooks: exec and webhook per change, retries, a hanging hook, re-run by the next leader.
@@ -25,6 +27,8 @@ mod hooks;
 mod metrics;
 /// RFC 2136 publishing to a real BIND: create, change, stale write refused, wrong key, drift repair.
 mod publish_bind;
+/// The DigitalOcean and Cloudflare publishers against the fakes, alone and under the reconcile loop.
+mod publish_http;
 /// One node in-process: probe, decide through Raft, answer DNS, survive a restart.
 mod single_node;
 /// `[cluster.tls]`: three nodes over mutual TLS; a node with another CA's certificate is refused.

@@ -22,15 +22,19 @@
 //!   by the server itself, atomically;
 //! - the HTTP APIs offer no conditional write, so there the guard is the
 //!   read just before the write and the leadership check right before each
-//!   request: a deposed leader stops before its lease ends, and the
-//!   remaining window is one request. The next leader's pass reads back and
-//!   repairs anything written late.
+//!   write: a deposed leader stops before its lease ends, and the remaining
+//!   window is one write (the few requests that replace a record, then its
+//!   marker). The next leader's pass reads back and repairs anything written
+//!   late.
 //!
 //! Nothing here proposes to the cluster or blocks the decide loop or DNS.
 //! Secrets never reach a log line, an error or the status: every error is
 //! written by this module or its providers from what they know, not from
 //! request headers.
 
+pub mod cloudflare;
+pub mod digitalocean;
+mod http;
 pub mod rfc2136;
 
 #[cfg(test)]
@@ -320,11 +324,8 @@ pub trait Publisher: Send + Sync {
 pub fn build(target: &PublishConfig) -> Result<Box<dyn Publisher>, String> {
     match &target.kind {
         PublishKind::Rfc2136 { .. } => Ok(Box::new(rfc2136::Rfc2136::new(target)?)),
-        PublishKind::DigitalOcean { .. } | PublishKind::Cloudflare { .. } => Err(format!(
-            "publish target {}: kind {} is not available in this build",
-            target.name,
-            target.kind.name()
-        )),
+        PublishKind::DigitalOcean { .. } => Ok(Box::new(digitalocean::DigitalOcean::new(target)?)),
+        PublishKind::Cloudflare { .. } => Ok(Box::new(cloudflare::Cloudflare::new(target)?)),
     }
 }
 
@@ -432,7 +433,10 @@ impl TargetLoop<'_> {
                 outcome = self.pass(&wanted) => outcome,
             };
             let (wait, wake_on_change) = match outcome {
-                Ok(pass) => {
+                // Deposed mid-pass: nothing to report; the loop's top
+                // notices and stands by.
+                Ok(None) => continue,
+                Ok(Some(pass)) => {
                     failures = 0;
                     let in_sync = pass.records.iter().all(|r| r.state == RecordState::InSync);
                     self.board.update(&self.target.name, |s| {
@@ -476,9 +480,13 @@ impl TargetLoop<'_> {
         }
     }
 
-    /// Reads, plans and (where needed) writes every record once. On an
-    /// error, also returns the status of the records it got to.
-    async fn pass(&self, wanted: &[Desired]) -> Result<Pass, (PublishError, Vec<PublishedRecord>)> {
+    /// Reads, plans and (where needed) writes every record once; `None`
+    /// if it stopped because this node no longer leads. On an error, also
+    /// returns the status of the records it got to.
+    async fn pass(
+        &self,
+        wanted: &[Desired],
+    ) -> Result<Option<Pass>, (PublishError, Vec<PublishedRecord>)> {
         let mut records = Vec::with_capacity(wanted.len());
         let mut wrote = false;
         for desired in wanted {
@@ -510,7 +518,7 @@ impl TargetLoop<'_> {
                     // a courtesy for those with them: a node that no longer
                     // leads stops here.
                     if !self.leader.is_acting_leader() {
-                        return Ok(Pass { records, wrote });
+                        return Ok(None);
                     }
                     if let Err(error) = self.publisher.write(desired, &actual).await {
                         warn!(target_name = %self.target.name, record = %desired.name, reason = reason.as_str(), %error, "publishing failed");
@@ -540,7 +548,7 @@ impl TargetLoop<'_> {
                 }
             }
         }
-        Ok(Pass { records, wrote })
+        Ok(Some(Pass { records, wrote }))
     }
 }
 
