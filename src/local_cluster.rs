@@ -11,6 +11,9 @@
 //! ([`LocalCluster::answer`]). [`HttpInstance`] is a service instance in the
 //! caller's own process that can be killed and brought back on its address.
 //!
+//! [`bind::LocalBind`] is a real BIND 9 primary for the publishing tests,
+//! the fault suite and the benchmarks.
+//!
 //! It must never leave a process behind: dropping a [`LocalCluster`] (also
 //! while a test unwinds from a panic) resumes paused nodes, kills every child
 //! still running and reaps it. Only a test process that is itself killed
@@ -20,6 +23,8 @@
 //! most their stated deadline); call them from a multi-threaded runtime's
 //! main task or from `spawn_blocking`, not from a current-thread runtime that
 //! must keep serving something else meanwhile.
+
+pub mod bind;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use highlander::local_cluster::HttpInstance;
+use highlander::local_cluster::bind::{KEY_NAME, LocalBind, Placement};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::{Sandbox, in_netns};
@@ -53,9 +54,10 @@ pub fn instance_ip(name: &str) -> Ipv4Addr {
 }
 
 /// How a node process is started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Clock {
     /// As is.
+    #[default]
     Normal,
     /// In a time namespace whose monotonic and boot clocks run this many
     /// seconds ahead of everyone else's.
@@ -70,8 +72,29 @@ pub enum Clock {
 /// libfaketime's thread-safe build (Debian's `faketime` package).
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
+/// What a scenario needs beyond three nodes and two instances.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Setup {
+    /// This node's data dir is a small tmpfs ([`FaultCluster::fill_disk`]).
+    pub small_disk: Option<u64>,
+    /// How every node's clocks run.
+    pub clock: Clock,
+    /// A BIND primary in a namespace of its own that the leader publishes
+    /// `app` to ([`PUBLISH_ZONE`]).
+    pub publish: bool,
+}
+
+/// The sandbox member BIND runs in, and its address.
+pub const BIND_MEMBER: &str = "dns";
+const BIND_OCTET: u8 = 20;
+
+/// The zone the leader publishes to, at BIND.
+pub const PUBLISH_ZONE: &str = "example.test.";
+
 pub struct FaultCluster {
     pub sandbox: Sandbox,
+    /// The BIND primary, when the scenario publishes.
+    pub bind: Option<LocalBind>,
     dir: tempfile::TempDir,
     config: PathBuf,
     binary: PathBuf,
@@ -84,18 +107,24 @@ pub struct FaultCluster {
 impl FaultCluster {
     /// Makes the sandbox, starts both instances and all three nodes.
     pub async fn start() -> Result<FaultCluster> {
-        FaultCluster::start_with(None, Clock::Normal).await
+        FaultCluster::start_with(Setup::default()).await
     }
 
-    /// Like [`FaultCluster::start`], with node `small_disk`'s data dir on a
-    /// tmpfs of [`SMALL_DISK`] (which [`FaultCluster::fill_disk`] fills),
-    /// and every node started with `clock`.
-    pub async fn start_with(small_disk: Option<u64>, clock: Clock) -> Result<FaultCluster> {
+    /// Like [`FaultCluster::start`], set up as `setup` says.
+    pub async fn start_with(setup: Setup) -> Result<FaultCluster> {
+        let Setup {
+            small_disk,
+            clock,
+            publish,
+        } = setup;
         let mut members: Vec<(String, u8)> = NODES
             .iter()
             .map(|&id| (node_member(id), u8::try_from(id).unwrap_or(0)))
             .collect();
         members.extend(INSTANCES.iter().map(|(n, o)| ((*n).to_owned(), *o)));
+        if publish {
+            members.push((BIND_MEMBER.to_owned(), BIND_OCTET));
+        }
         let refs: Vec<(&str, u8)> = members.iter().map(|(n, o)| (n.as_str(), *o)).collect();
         let sandbox = Sandbox::new(&refs)?;
         let dir = tempfile::tempdir()?;
@@ -104,9 +133,23 @@ impl FaultCluster {
             "fault-suite-secret-0123456789",
         )?;
         std::fs::write(dir.path().join("api.token"), "fault-suite-api-token-0123")?;
+        let bind = if publish {
+            let member = sandbox.member(BIND_MEMBER)?;
+            Some(LocalBind::start(
+                PUBLISH_ZONE,
+                "hmac-sha256",
+                Placement::Namespace {
+                    netns: member.ns.clone(),
+                    addr: SocketAddr::from((member.ip, 53)),
+                },
+            )?)
+        } else {
+            None
+        };
         let config = dir.path().join("highlander.toml");
-        std::fs::write(&config, config_text())?;
+        std::fs::write(&config, config_text(bind.as_ref()))?;
         let mut cluster = FaultCluster {
+            bind,
             sandbox,
             dir,
             config,
@@ -392,7 +435,7 @@ impl Drop for FaultCluster {
     }
 }
 
-fn config_text() -> String {
+fn config_text(bind: Option<&LocalBind>) -> String {
     let mut toml =
         String::from("[cluster]\ndata_dir = \"data\"\nsecret_file = \"cluster.secret\"\n\n");
     for id in NODES {
@@ -427,6 +470,24 @@ fall = {FALL}
         toml.push_str(&format!(
             "\n[[services.instances]]\nname = \"{name}\"\naddress = \"{ip}:{INSTANCE_PORT}\"\na = \"{ip}\"\npriority = {}\n",
             i + 1
+        ));
+    }
+    if let Some(bind) = bind {
+        toml.push_str(&format!(
+            r#"
+[[publish]]
+name = "bind"
+kind = "rfc2136"
+server = "{}"
+zone = "{PUBLISH_ZONE}"
+ttl = "30s"
+interval = "1s"
+timeout = "500ms"
+tsig_key = "{KEY_NAME}"
+tsig_secret_file = "{}"
+"#,
+            bind.addr(),
+            bind.key_file().display()
         ));
     }
     toml

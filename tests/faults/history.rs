@@ -17,8 +17,13 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{DNS_PORT, FaultCluster, NODES, ZONE, node_ip, node_member};
+use crate::cluster::{
+    BIND_MEMBER, DNS_PORT, FaultCluster, NODES, PUBLISH_ZONE, ZONE, node_ip, node_member,
+};
 use crate::net::in_netns;
+
+/// The "node" whose observations are what the external DNS server holds.
+pub const PUBLISHED: u64 = 0;
 
 /// How often each node is asked.
 pub const QUERY_EVERY: Duration = Duration::from_millis(50);
@@ -85,20 +90,37 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts one client per node, each inside that node's namespace.
+    /// Starts one client per node, each inside that node's namespace, and
+    /// one for the external DNS server when the cluster publishes to one
+    /// (recorded as node [`PUBLISHED`]).
     pub fn start(cluster: &FaultCluster) -> Result<Recorder> {
+        let mut targets = Vec::new();
+        for node in NODES {
+            targets.push((
+                node,
+                cluster.sandbox.member(&node_member(node))?.ns.clone(),
+                SocketAddr::from((node_ip(node), DNS_PORT)),
+                format!("_highlander.app.{ZONE}"),
+            ));
+        }
+        if let Some(bind) = &cluster.bind {
+            targets.push((
+                PUBLISHED,
+                cluster.sandbox.member(BIND_MEMBER)?.ns.clone(),
+                bind.addr(),
+                format!("_highlander.app.{PUBLISH_ZONE}"),
+            ));
+        }
         let observations = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        for node in NODES {
-            let ns = cluster.sandbox.member(&node_member(node))?.ns.clone();
+        for (node, ns, server, name) in targets {
             let socket = in_netns(&ns, || {
                 let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
                 socket.set_nonblocking(true)?;
                 Ok(socket)
             })?;
             let socket = tokio::net::UdpSocket::from_std(socket)?;
-            let server = SocketAddr::from((node_ip(node), DNS_PORT));
             let (observations, stop) = (observations.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(QUERY_EVERY);
@@ -109,7 +131,7 @@ impl Recorder {
                         _ = tick.tick() => {}
                     }
                     let at = now_ms();
-                    let reply = ask(&socket, server).await;
+                    let reply = ask(&socket, server, &name).await;
                     let mut all = observations.lock().unwrap_or_else(|e| e.into_inner());
                     all.push(Observation { at, node, reply });
                 }
@@ -135,9 +157,9 @@ impl Recorder {
     }
 }
 
-async fn ask(socket: &tokio::net::UdpSocket, server: SocketAddr) -> Reply {
+async fn ask(socket: &tokio::net::UdpSocket, server: SocketAddr, name: &str) -> Reply {
     let mut query = Message::query();
-    let Ok(name) = Name::from_ascii(format!("_highlander.app.{ZONE}")) else {
+    let Ok(name) = Name::from_ascii(name) else {
         return Reply::Other("bad name".into());
     };
     query.add_query(Query::query(name, RecordType::TXT));
@@ -269,13 +291,21 @@ pub fn check(
             )),
             _ => {}
         }
-        // S1: epochs never go backwards at a node.
+        // S1: epochs never go backwards at a node; S4: nor at the external
+        // server, whatever a deposed leader tried to write.
         let newest = newest_at_node.entry(o.node).or_insert(0);
         if *epoch < *newest {
-            violations.push(format!(
-                "S1: node {} answered epoch {epoch} at {} after having answered epoch {newest}",
-                o.node, o.at
-            ));
+            violations.push(if o.node == PUBLISHED {
+                format!(
+                    "S4: the external server held epoch {epoch} at {} after holding epoch {newest}",
+                    o.at
+                )
+            } else {
+                format!(
+                    "S1: node {} answered epoch {epoch} at {} after having answered epoch {newest}",
+                    o.node, o.at
+                )
+            });
         }
         *newest = (*newest).max(*epoch);
         // S3: outside the majority, no answer once the lease is over.
@@ -290,6 +320,10 @@ pub fn check(
             }
         }
         // S3: no answer older than a commit the lease must have shown it.
+        // (Not for the external server, which no lease governs; S4 below.)
+        if o.node == PUBLISHED {
+            continue;
+        }
         if let Some(newer) = commits
             .iter()
             .find(|c| c.epoch > *epoch && c.at + lease_ms + SLACK_MS < o.at)
@@ -322,9 +356,12 @@ pub fn check(
     // L2: every node converges on the final choice after the last heal.
     let last = commits.iter().max_by_key(|c| c.epoch);
     if let Some(last) = last {
+        let published = history.iter().any(|o| o.node == PUBLISHED);
         let converged = NODES
             .iter()
-            .map(|&node| {
+            .copied()
+            .chain(published.then_some(PUBLISHED))
+            .map(|node| {
                 let after: Vec<&Observation> = history
                     .iter()
                     .filter(|o| o.node == node && o.at >= expect.healed_at)
@@ -481,6 +518,14 @@ pub fn self_test() -> Result<(), String> {
         (
             "L3: 2 changes",
             Box::new(|_, c, _| c.push(commit(3, "primary", t0 + 3_990, "failback"))),
+        ),
+        (
+            "S4: the external server held epoch 1",
+            Box::new(|h, _, _| {
+                h.push(answer(t0 + 2_000, PUBLISHED, "backup", 2));
+                h.push(answer(t0 + 2_100, PUBLISHED, "primary", 1));
+                h.push(answer(t0 + 3_900, PUBLISHED, "backup", 2));
+            }),
         ),
         (
             "S5: commit",

@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use cluster::{
-    Clock, FALL, FaultCluster, INTERVAL, LEASE, NODES, instance_ip, node_ip, node_member,
+    Clock, FALL, FaultCluster, INTERVAL, LEASE, NODES, Setup, instance_ip, node_ip, node_member,
 };
 use history::{Commit, Expect, Recorder, Report, check, now_ms};
 
@@ -72,6 +72,9 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("monotonic-clock-ahead", |rng| Box::pin(clock_ahead(rng))),
         ("follower-disk-full-during-failover", |rng| {
             Box::pin(disk_full(rng))
+        }),
+        ("publish-through-leader-partition", |rng| {
+            Box::pin(publish_through_partition(rng))
         }),
         ("leader-wall-clock-jumps", |rng| {
             Box::pin(wall_clock_jump(rng))
@@ -610,8 +613,14 @@ async fn disk_full(rng: &mut StdRng) -> Result<Row> {
     // Node 3's data dir is small; it is a follower unless it won the first
     // election, in which case the scenario fills the leader's disk.
     let victim = 3;
-    let (mut cluster, leader) =
-        settle(FaultCluster::start_with(Some(victim), Clock::Normal).await?).await?;
+    let (mut cluster, leader) = settle(
+        FaultCluster::start_with(Setup {
+            small_disk: Some(victim),
+            ..Setup::default()
+        })
+        .await?,
+    )
+    .await?;
     let started_at = now_ms();
     let recorder = Recorder::start(&cluster)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -675,7 +684,14 @@ async fn wall_clock_jump(rng: &mut StdRng) -> Result<Row> {
             cluster::LIBFAKETIME
         );
     }
-    let (cluster, leader) = settle(FaultCluster::start_with(None, Clock::FakeWall).await?).await?;
+    let (cluster, leader) = settle(
+        FaultCluster::start_with(Setup {
+            clock: Clock::FakeWall,
+            ..Setup::default()
+        })
+        .await?,
+    )
+    .await?;
     let started_at = now_ms();
     let recorder = Recorder::start(&cluster)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -724,6 +740,55 @@ async fn wall_clock_jump(rng: &mut StdRng) -> Result<Row> {
         faults: format!(
             "leader {leader}'s wall clock jumps +120 s for ~{} s, then back (node {successor} took over)",
             FAULT.as_secs()
+        ),
+        report,
+    })
+}
+
+async fn publish_through_partition(rng: &mut StdRng) -> Result<Row> {
+    let cluster = FaultCluster::start_with(Setup {
+        publish: true,
+        ..Setup::default()
+    })
+    .await?;
+    let (mut cluster, leader) = settle(cluster).await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The leader loses the other nodes but still reaches BIND and the
+    // instances: it may probe, but must neither decide nor publish.
+    let peers: Vec<_> = other_nodes(leader).into_iter().map(node_ip).collect();
+    cluster.sandbox.cut(&node_member(leader), &peers)?;
+    let cut_at = now_ms();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The majority fails over and publishes the new epoch meanwhile.
+    cluster.kill_instance("primary").await;
+    let killed_at = now_ms();
+    tokio::time::sleep(jitter(rng, FAULT)).await;
+    // Stamped before the heal: from the first healed packet on, the
+    // node may rightly answer again.
+    let healed_at = now_ms();
+    cluster.sandbox.heal_all()?;
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, cut_at, healed_at)],
+            healed_at,
+            active_killed_at: Some(killed_at),
+            // The majority needs a new leader first.
+            failover_within: INTERVAL * (FALL + 1) + Duration::from_secs(2),
+            max_changes: 1,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "publish-through-leader-partition",
+        faults: format!(
+            "leader {leader} cut from {:?} (not from BIND), primary killed; BIND checked for S4",
+            other_nodes(leader)
         ),
         report,
     })

@@ -50,7 +50,7 @@ zone = "{}"
 timeout = "2s"
 {tsig}
 "#,
-        bind.server(),
+        bind.addr(),
         bind::ZONE
     )
 }
@@ -97,7 +97,7 @@ async fn publish(publisher: &Rfc2136, want: &Desired, expect: WriteReason) -> Re
 
 #[tokio::test]
 async fn creates_then_changes_the_record_and_its_marker_in_bind() -> Result<()> {
-    let bind = Bind::start()?;
+    let bind = bind::start()?;
     let dir = ConfigDir::new()?;
     let publisher = publisher(&dir, &config_text(&bind, &right_key(&bind)))?;
     let marker = format!("_highlander.{RECORD}");
@@ -126,7 +126,7 @@ async fn creates_then_changes_the_record_and_its_marker_in_bind() -> Result<()> 
 
 #[tokio::test]
 async fn hmac_sha512_keys_sign_as_well() -> Result<()> {
-    let bind = Bind::start_with("hmac-sha512")?;
+    let bind = bind::start_with("hmac-sha512")?;
     let dir = ConfigDir::new()?;
     let key = format!("{}\ntsig_algorithm = \"hmac-sha512\"", right_key(&bind));
     let publisher = publisher(&dir, &config_text(&bind, &key))?;
@@ -138,7 +138,7 @@ async fn hmac_sha512_keys_sign_as_well() -> Result<()> {
 
 #[tokio::test]
 async fn a_record_set_too_big_for_udp_is_read_over_tcp_and_replaced() -> Result<()> {
-    let bind = Bind::start()?;
+    let bind = bind::start()?;
     let dir = ConfigDir::new()?;
     let publisher = publisher(&dir, &config_text(&bind, &right_key(&bind)))?;
     // 60 A records: about 1 KB, over the 512 bytes of UDP without EDNS, so
@@ -158,7 +158,7 @@ async fn a_record_set_too_big_for_udp_is_read_over_tcp_and_replaced() -> Result<
 
 #[tokio::test]
 async fn bind_refuses_a_write_based_on_a_stale_read() -> Result<()> {
-    let bind = Bind::start()?;
+    let bind = bind::start()?;
     let dir = ConfigDir::new()?;
     let text = config_text(&bind, &right_key(&bind));
     let old_leader = publisher(&dir, &text)?;
@@ -211,7 +211,7 @@ async fn bind_refuses_a_write_based_on_a_stale_read() -> Result<()> {
 
 #[tokio::test]
 async fn a_wrong_tsig_key_is_reported_clearly() -> Result<()> {
-    let bind = Bind::start()?;
+    let bind = bind::start()?;
     let dir = ConfigDir::new()?;
     let other_secret = data_encoding::BASE64.encode(&[7u8; 32]);
     std::fs::write(dir.path().join("wrong.key"), &other_secret)?;
@@ -265,7 +265,7 @@ async fn a_wrong_tsig_key_is_reported_clearly() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_publishes_failovers_and_repairs_edits_made_behind_its_back() -> Result<()> {
-    let bind = Bind::start()?;
+    let bind = bind::start()?;
     let primary = Instance::start("primary").await?;
     let backup = Instance::start("backup").await?;
     let dir = ConfigDir::new()?;
@@ -284,7 +284,7 @@ timeout = "1s"
 tsig_key = "{}"
 tsig_secret_file = "{}"
 "#,
-        bind.server(),
+        bind.addr(),
         bind::ZONE,
         bind::ZONE,
         bind::KEY_NAME,
