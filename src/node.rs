@@ -244,6 +244,7 @@ impl Node {
         lease.renew(cluster.lease_deadline());
         let dns_stop = servers.clone();
         let dns_lease = lease.clone();
+        let dns_limits = dns::Limits::from(&config.dns);
         let hook_metrics = metrics.clone();
         server_tasks.spawn(async move {
             let result = dns::serve_with_metrics(
@@ -251,6 +252,7 @@ impl Node {
                 sockets.dns_tcp,
                 zone_rx,
                 dns_lease,
+                dns_limits,
                 metrics,
                 dns_stop,
             )

@@ -272,7 +272,7 @@ pub mod raw {
         super::DEFAULT_RATE_LIMIT_SLIP.into()
     }
     fn default_tcp_timeout() -> String {
-        "5s".into()
+        humantime::format_duration(super::DEFAULT_TCP_TIMEOUT).to_string()
     }
     fn default_tcp_max_connections() -> i64 {
         super::DEFAULT_TCP_MAX_CONNECTIONS.into()
@@ -580,6 +580,10 @@ pub const DEFAULT_RATE_LIMIT: u32 = 500;
 /// `dns.rate_limit_slip` when absent: BIND's default, every other limited
 /// response truncated.
 pub const DEFAULT_RATE_LIMIT_SLIP: u32 = 2;
+
+/// `dns.tcp_timeout` when absent: what hickory's listener used here before,
+/// and half of Knot's idle timeout; a resolver's retry over TCP needs far less.
+pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `dns.tcp_max_connections` when absent: BIND's `tcp-clients` is 150; TCP
 /// here only carries retries of truncated answers, so fewer suffice.
