@@ -15,6 +15,8 @@ mod ctl;
 mod dashboard;
 /// `highlander demo`: the scripted story and its summary; nothing left behind, even after SIGKILL.
 mod demo;
+/// The DNS server under abuse: a UDP flood against rate limits, minimal ANY, TCP caps and timeouts, API body limits.
+mod dns_abuse;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.
 mod harness;
 /// Hooks: exec and webhook per change, retries, a hanging hook, re-run by the next leader.
