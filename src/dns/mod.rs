@@ -386,8 +386,23 @@ impl RequestHandler for Authority {
             ours.set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
+        // Any question count but one is FORMERR, sent without the questions:
+        // they tell the client nothing, and echoing thousands of bytes of them
+        // could not fit a UDP answer (hickory would then log an ERROR and send
+        // a bare SERVFAIL for every such packet).
+        let no_questions;
+        let questions = match request.queries.len() {
+            1 => &request.queries,
+            _ => match no_questions_section() {
+                Some(none) => {
+                    no_questions = none;
+                    &no_questions
+                }
+                None => &request.queries,
+            },
+        };
         let builder = || {
-            let mut builder = MessageResponseBuilder::from_message_request(request);
+            let mut builder = MessageResponseBuilder::new(questions, None);
             if let Some(edns) = &edns {
                 builder.edns(edns);
             }
@@ -439,7 +454,7 @@ impl RequestHandler for Authority {
                 None => PLAIN_UDP_PAYLOAD,
             };
             let bound = HEADER_LEN
-                + request.queries.as_bytes().len()
+                + questions.as_bytes().len()
                 + edns.as_ref().map_or(0, |_| OPT_LEN)
                 + [reply.answers, reply.authorities, reply.additionals]
                     .into_iter()
@@ -539,8 +554,8 @@ impl Authority {
             }
             Err(error) => {
                 debug!(%error, %source, "undecodable DNS message; answering FORMERR");
-                let no_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-                let response = MessageResponseBuilder::new(&no_queries, None)
+                let no_questions = no_questions_section()?;
+                let response = MessageResponseBuilder::new(&no_questions, None)
                     .error_msg(&header.metadata, ResponseCode::FormErr);
                 captured.send_response(response).await.ok()?;
             }
@@ -551,6 +566,12 @@ impl Authority {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
+}
+
+/// An empty question section, for answers that must not echo the query's.
+/// hickory only builds one by decoding; decoding nothing cannot fail.
+fn no_questions_section() -> Option<Queries> {
+    Queries::read(&mut BinDecoder::new(&[]), 0).ok()
 }
 
 /// The transport a raw message came over, for [`answer`].

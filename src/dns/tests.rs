@@ -1089,3 +1089,39 @@ async fn over_the_rate_udp_answers_are_dropped_or_slipped_and_tcp_is_not_limited
     assert_header(&reply, ResponseCode::NoError, true);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn many_questions_get_formerr_without_them_not_a_bare_servfail() {
+    // Regression: the FORMERR for a question count other than one echoed
+    // every question; 100 of them (6 bytes each with compression) did not
+    // fit 512 bytes, so hickory's encoder failed, logged an ERROR and sent a
+    // 12-byte SERVFAIL without RD: one ERROR line per packet an attacker sends.
+    let server = Harness::standard().await;
+    for edns in [false, true] {
+        let first = match edns {
+            false => query("db.svc.example.", RecordType::A),
+            true => query_edns("db.svc.example.", RecordType::A, 1232, false),
+        };
+        let mut message = first.to_vec().expect("encode");
+        let opt = message.split_off(message.len() - usize::from(edns) * 11);
+        message[5] = 100;
+        for _ in 1..100 {
+            message.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        }
+        message.extend_from_slice(&opt);
+        let raw = server.udp_raw(&message).await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_header(&reply, ResponseCode::FormErr, false);
+        assert!(reply.metadata.recursion_desired, "RD copied");
+        assert!(reply.queries.is_empty(), "no questions echoed: {reply:?}");
+        assert_eq!(reply.edns.is_some(), edns, "OPT echoed when sent");
+        assert_eq!(raw.len(), 12 + usize::from(edns) * 11);
+        let direct = super::answer(
+            Arc::new(ZoneView::build(&small_config().0, &decided(), true)),
+            &message,
+            super::Transport::Udp,
+        );
+        assert_eq!(direct, Some(raw));
+    }
+    server.stop().await;
+}
