@@ -7,7 +7,7 @@
 //! await, so publishing a new view never waits on queries.
 //!
 //! hickory-server does the UDP wire work (receiving, parsing, FORMERR for
-//! undecodable packets); TCP is served by our own listener ([`tcp`]) because
+//! undecodable packets); TCP is served by our own listener (`dns::tcp`) because
 //! hickory's caps neither connections nor partial frames. Both reach the one
 //! handler through the same parsing, so a message gets the same bytes back
 //! either way. This module owns every policy decision: AA, EDNS echo and

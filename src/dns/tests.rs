@@ -1125,3 +1125,9 @@ async fn many_questions_get_formerr_without_them_not_a_bare_servfail() {
     }
     server.stop().await;
 }
+
+#[test]
+fn default_limits_are_those_of_a_dns_table_that_sets_none() {
+    let (config, _dir) = small_config();
+    assert_eq!(Limits::from(&config.dns), Limits::default());
+}
