@@ -20,6 +20,8 @@
 //! | `highlander_probe_duration_seconds` | histogram | `service`, `kind` | how long this node's probes took |
 //! | `highlander_probe_failures_total` | counter | `service`, `kind` | this node's failed probes (timeouts included) |
 //! | `highlander_dns_queries_total` | counter | `rcode` | queries this node's DNS handler answered, by response code |
+//! | `highlander_dns_rate_limited_total` | counter | `action` | UDP responses over `dns.rate_limit` for their client prefix: `dropped`, or `slipped` (sent truncated) |
+//! | `highlander_dns_tcp_refused_total` | counter | | DNS TCP connections closed on accept because `dns.tcp_max_connections` were open |
 //! | `highlander_raft_term` | gauge | | this node's Raft term |
 //! | `highlander_raft_leader` | gauge | | the leader's node id as this node knows it, 0 if none |
 //! | `highlander_raft_applied_index` | gauge | | the last log index applied to this node's state |
@@ -32,8 +34,9 @@
 //! | `highlander_hook_failures_total` | counter | `hook` | failed hooks |
 //!
 //! A labelled family appears in the output with its first series:
-//! `highlander_dns_queries_total` and `highlander_changes_total` (every
-//! configured service and reason) are created at zero, the probe families
+//! `highlander_dns_queries_total`, `highlander_dns_rate_limited_total` and
+//! `highlander_changes_total` (every configured service and reason) are
+//! created at zero, the probe families
 //! when the checker starts, the publisher and hook failures with their first
 //! failure (none exist yet). Series come out in no particular order within
 //! a family.
@@ -114,6 +117,10 @@ struct Inner {
     /// One counter per entry of [`RCODES`], then `other`: created up front
     /// so that counting a query never touches the family's lock.
     dns_queries: Vec<Counter>,
+    /// UDP responses the rate limit dropped, and those it sent truncated.
+    dns_dropped: Counter,
+    dns_slipped: Counter,
+    dns_tcp_refused: Counter,
     raft_term: Gauge,
     raft_leader: Gauge,
     raft_applied_index: Gauge,
@@ -164,6 +171,11 @@ struct ProbeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RcodeLabels {
     rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    action: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -251,6 +263,23 @@ impl Metrics {
                 })
             })
             .collect();
+        let limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "dns_rate_limited",
+            "UDP responses over the rate limit for their client prefix: dropped, or slipped (sent truncated so the client retries over TCP)",
+            limited.clone(),
+        );
+        let [dns_dropped, dns_slipped] = ["dropped", "slipped"].map(|action| {
+            limited.get_or_create_owned(&LimitLabels {
+                action: action.into(),
+            })
+        });
+        let dns_tcp_refused = Counter::default();
+        registry.register(
+            "dns_tcp_refused",
+            "DNS TCP connections closed on accept because the most allowed were already open",
+            dns_tcp_refused.clone(),
+        );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let gauge = Gauge::default();
             registry.register(name, help, gauge.clone());
@@ -318,6 +347,9 @@ impl Metrics {
                 probe_duration,
                 probe_failures,
                 dns_queries,
+                dns_dropped,
+                dns_slipped,
+                dns_tcp_refused,
                 raft_term,
                 raft_leader,
                 raft_applied_index,
@@ -354,6 +386,21 @@ impl Metrics {
         if let Some(counter) = self.inner.dns_queries.get(slot) {
             counter.inc();
         }
+    }
+
+    /// Counts one UDP response the rate limit dropped.
+    pub fn dns_dropped(&self) {
+        self.inner.dns_dropped.inc();
+    }
+
+    /// Counts one UDP response the rate limit sent truncated instead.
+    pub fn dns_slipped(&self) {
+        self.inner.dns_slipped.inc();
+    }
+
+    /// Counts one DNS TCP connection closed because too many were open.
+    pub fn dns_tcp_refused(&self) {
+        self.inner.dns_tcp_refused.inc();
     }
 
     /// The instruments for probes of `service` with a `kind` check; creates
@@ -764,6 +811,10 @@ mod tests {
         metrics.dns_query(3);
         metrics.dns_query(16);
         metrics.dns_query(9);
+        metrics.dns_slipped();
+        metrics.dns_dropped();
+        metrics.dns_dropped();
+        metrics.dns_tcp_refused();
         let probes = metrics.probe_instruments("db", "http");
         probes.probe_done(Duration::from_millis(3), true);
         probes.probe_done(Duration::from_millis(700), false);
@@ -781,6 +832,8 @@ mod tests {
             ("highlander_probe_duration_seconds", "histogram"),
             ("highlander_probe_failures", "counter"),
             ("highlander_dns_queries", "counter"),
+            ("highlander_dns_rate_limited", "counter"),
+            ("highlander_dns_tcp_refused", "counter"),
             ("highlander_raft_term", "gauge"),
             ("highlander_raft_leader", "gauge"),
             ("highlander_raft_applied_index", "gauge"),
@@ -871,6 +924,21 @@ mod tests {
         assert_eq!(dns("badvers"), Some(1.0));
         assert_eq!(dns("other"), Some(1.0));
         assert_eq!(dns("servfail"), Some(0.0), "every rcode exists at 0");
+        let limited = |action| {
+            value(
+                &samples,
+                "highlander_dns_rate_limited_total",
+                &[("action", action)],
+            )
+        };
+        assert_eq!(
+            (limited("dropped"), limited("slipped")),
+            (Some(2.0), Some(1.0))
+        );
+        assert_eq!(
+            value(&samples, "highlander_dns_tcp_refused_total", &[]),
+            Some(1.0)
+        );
 
         assert_eq!(value(&samples, "highlander_raft_term", &[]), Some(3.0));
         assert_eq!(value(&samples, "highlander_raft_leader", &[]), Some(2.0));

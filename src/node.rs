@@ -85,25 +85,35 @@ impl Sockets {
                 .await
                 .map_err(|source| NodeError::Bind { what, addr, source })
         };
-        let dns_udp = UdpSocket::bind(me.dns)
-            .await
-            .map_err(|source| NodeError::Bind {
-                what: "DNS (UDP)",
-                addr: me.dns,
-                source,
-            })?;
-        let dns_addr = dns_udp.local_addr().map_err(|source| NodeError::Bind {
-            what: "DNS (UDP)",
-            addr: me.dns,
-            source,
-        })?;
+        let (dns_udp, dns_tcp) = bind_dns(me.dns).await?;
         Ok(Sockets {
-            dns_tcp: bind_tcp("DNS (TCP)", dns_addr).await?,
+            dns_tcp,
             dns_udp,
             rpc: bind_tcp("cluster RPC", me.rpc).await?,
             api: bind_tcp("HTTP API", me.api).await?,
         })
     }
+}
+
+/// Binds DNS on `addr` over UDP and TCP, on one port. With port 0 the
+/// kernel picks a UDP port whose TCP twin may be taken (by anything,
+/// including a client's ephemeral port), so a taken pair is tried again on
+/// a new port.
+async fn bind_dns(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), NodeError> {
+    let failed = |what, addr, source| NodeError::Bind { what, addr, source };
+    let attempts = if addr.port() == 0 { 20 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| failed("DNS (UDP)", addr, e))?;
+        let bound = udp.local_addr().map_err(|e| failed("DNS (UDP)", addr, e))?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some(failed("DNS (TCP)", bound, e)),
+        }
+    }
+    Err(last.unwrap_or(NodeError::Stopped("binding DNS")))
 }
 
 /// Test hooks: a network the test can cut, and probes it controls.
@@ -258,6 +268,7 @@ impl Node {
         lease.renew(cluster.lease_deadline());
         let dns_stop = servers.clone();
         let dns_lease = lease.clone();
+        let dns_limits = dns::Limits::from(&config.dns);
         let hook_metrics = metrics.clone();
         server_tasks.spawn(async move {
             let result = dns::serve_with_metrics(
@@ -265,6 +276,7 @@ impl Node {
                 sockets.dns_tcp,
                 zone_rx,
                 dns_lease,
+                dns_limits,
                 metrics,
                 dns_stop,
             )

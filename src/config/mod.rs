@@ -180,6 +180,14 @@ pub mod raw {
         pub hostmaster: Option<String>,
         #[serde(default = "default_on_minority")]
         pub on_minority: String,
+        #[serde(default = "default_rate_limit")]
+        pub rate_limit: i64,
+        #[serde(default = "default_rate_limit_slip")]
+        pub rate_limit_slip: i64,
+        #[serde(default = "default_tcp_timeout")]
+        pub tcp_timeout: String,
+        #[serde(default = "default_tcp_max_connections")]
+        pub tcp_max_connections: i64,
     }
 
     #[derive(Debug, Deserialize)]
@@ -261,6 +269,18 @@ pub mod raw {
     }
     fn default_ttl() -> String {
         "5s".into()
+    }
+    fn default_rate_limit() -> i64 {
+        super::DEFAULT_RATE_LIMIT.into()
+    }
+    fn default_rate_limit_slip() -> i64 {
+        super::DEFAULT_RATE_LIMIT_SLIP.into()
+    }
+    fn default_tcp_timeout() -> String {
+        humantime::format_duration(super::DEFAULT_TCP_TIMEOUT).to_string()
+    }
+    fn default_tcp_max_connections() -> i64 {
+        super::DEFAULT_TCP_MAX_CONNECTIONS.into()
     }
     fn default_failback() -> String {
         "auto".into()
@@ -547,7 +567,48 @@ pub struct DnsConfig {
     pub hostmaster: String,
     /// What a node outside the majority answers for service names.
     pub on_minority: OnMinority,
+    /// UDP responses per second to one client prefix (IPv4 /24, IPv6 /56)
+    /// before the rest are dropped or truncated; 0 turns the limit off.
+    pub rate_limit: u32,
+    /// Every this-many-th limited response goes out truncated (TC=1) so a
+    /// real client behind the prefix retries over TCP; 0 drops them all.
+    pub rate_limit_slip: u32,
+    /// How long a DNS TCP connection may take to deliver its next complete
+    /// query (idle and slow clients alike) or to read our answer.
+    pub tcp_timeout: Duration,
+    /// DNS TCP connections open at once; more are closed on accept.
+    pub tcp_max_connections: u32,
 }
+
+/// `dns.rate_limit` when absent: generous for resolvers (the whole zone is a
+/// few names with short TTLs), yet it caps what one prefix can reflect.
+pub const DEFAULT_RATE_LIMIT: u32 = 500;
+
+/// `dns.rate_limit_slip` when absent: BIND's default, every other limited
+/// response truncated.
+pub const DEFAULT_RATE_LIMIT_SLIP: u32 = 2;
+
+/// `dns.tcp_timeout` when absent: what hickory's listener used here before,
+/// and half of Knot's idle timeout; a resolver's retry over TCP needs far less.
+pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `dns.tcp_max_connections` when absent: BIND's `tcp-clients` is 150; TCP
+/// here only carries retries of truncated answers, so fewer suffice.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: u32 = 100;
+
+/// The largest `dns.rate_limit`: beyond this a limit no longer limits.
+const MAX_RATE_LIMIT: i64 = 1_000_000;
+
+/// The largest `dns.rate_limit_slip`, as in BIND.
+const MAX_RATE_LIMIT_SLIP: i64 = 10;
+
+/// The largest `dns.tcp_max_connections`: each one holds a file descriptor.
+const MAX_TCP_CONNECTIONS: i64 = 10_000;
+
+/// The range of `dns.tcp_timeout`: long enough for a slow link, short
+/// enough that idle connections cannot pile up.
+const TCP_TIMEOUTS: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(300);
 
 /// `failback`: what happens when a better-priority instance is healthy again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1398,11 +1459,73 @@ impl Validator {
                 OnMinority::Servfail
             }
         };
+        let rate_limit = self.integer(
+            "dns.rate_limit",
+            raw.rate_limit,
+            0..=MAX_RATE_LIMIT,
+            "responses per second to one client prefix (IPv4 /24, IPv6 /56), like 500, or 0 to turn rate limiting off",
+        );
+        let rate_limit_slip = self.integer(
+            "dns.rate_limit_slip",
+            raw.rate_limit_slip,
+            0..=MAX_RATE_LIMIT_SLIP,
+            "how often a limited response goes out truncated instead of dropped: 1 every one, 2 every other one (the default), 0 never",
+        );
+        let tcp_timeout = self.duration("dns.tcp_timeout", &raw.tcp_timeout);
+        if !TCP_TIMEOUTS.contains(&tcp_timeout)
+            && humantime::parse_duration(&raw.tcp_timeout).is_ok()
+        {
+            self.problem(
+                "dns.tcp_timeout",
+                quoted(&raw.tcp_timeout),
+                format!(
+                    "expected a duration from {} to {}, like \"5s\"",
+                    humantime::format_duration(*TCP_TIMEOUTS.start()),
+                    humantime::format_duration(*TCP_TIMEOUTS.end())
+                ),
+            );
+        }
+        let tcp_max_connections = self.integer(
+            "dns.tcp_max_connections",
+            raw.tcp_max_connections,
+            1..=MAX_TCP_CONNECTIONS,
+            "how many DNS TCP connections may be open at once, like 100",
+        );
         DnsConfig {
             zone,
             ttl,
             hostmaster,
             on_minority,
+            rate_limit,
+            rate_limit_slip,
+            tcp_timeout,
+            tcp_max_connections,
+        }
+    }
+
+    /// `value` as a `u32` if it lies in `range` (which must fit a `u32`);
+    /// otherwise a problem saying `accepted`.
+    fn integer(
+        &mut self,
+        key: &str,
+        value: i64,
+        range: RangeInclusive<i64>,
+        accepted: &str,
+    ) -> u32 {
+        match u32::try_from(value) {
+            Ok(fits) if range.contains(&value) => fits,
+            _ => {
+                self.problem(
+                    key,
+                    value,
+                    format!(
+                        "expected {accepted} (from {} to {})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                0
+            }
         }
     }
 
@@ -1865,6 +1988,21 @@ pub fn describe(config: &Config) -> String {
         humantime::format_duration(config.dns.ttl),
         config.dns.hostmaster,
         config.dns.on_minority
+    );
+    let d = &config.dns;
+    let udp = match (d.rate_limit, d.rate_limit_slip) {
+        (0, _) => "UDP not rate limited".to_owned(),
+        (rate, 0) => format!("UDP {rate} responses/s per /24 or /56, the rest dropped"),
+        (rate, 1) => format!("UDP {rate} responses/s per /24 or /56, the rest truncated"),
+        (rate, slip) => {
+            format!("UDP {rate} responses/s per /24 or /56, 1 in {slip} of the rest truncated")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "  limits: {udp}; TCP at most {} connections, closed after {} without a query",
+        d.tcp_max_connections,
+        humantime::format_duration(d.tcp_timeout)
     );
     for s in &config.services {
         let _ = writeln!(out);

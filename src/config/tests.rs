@@ -1525,6 +1525,91 @@ fn bad_on_minority_is_rejected() {
     }
 }
 
+// ------------------------------------------------ DNS abuse limits ([dns])
+
+#[test]
+fn dns_abuse_limits_have_defaults_and_are_described() {
+    let fx = Fixture::new();
+    let config = fx.valid(BASE);
+    assert_eq!(config.dns.rate_limit, 500);
+    assert_eq!(config.dns.rate_limit_slip, 2);
+    assert_eq!(config.dns.tcp_timeout, Duration::from_secs(5));
+    assert_eq!(config.dns.tcp_max_connections, 100);
+    let text = describe(&config);
+    assert!(
+        text.contains("UDP 500 responses/s per /24 or /56, 1 in 2 of the rest truncated"),
+        "{text}"
+    );
+    assert!(
+        text.contains("TCP at most 100 connections, closed after 5s without a query"),
+        "{text}"
+    );
+}
+
+#[test]
+fn dns_abuse_limits_can_be_set_and_rate_limiting_turned_off() {
+    let fx = Fixture::new();
+    let config = fx.valid(&with_dns(
+        "rate_limit = 0\nrate_limit_slip = 0\ntcp_timeout = \"750ms\"\ntcp_max_connections = 3",
+    ));
+    assert_eq!(config.dns.rate_limit, 0);
+    assert_eq!(config.dns.rate_limit_slip, 0);
+    assert_eq!(config.dns.tcp_timeout, Duration::from_millis(750));
+    assert_eq!(config.dns.tcp_max_connections, 3);
+    assert!(describe(&config).contains("UDP not rate limited"));
+}
+
+#[test]
+fn dns_abuse_limits_out_of_range_are_rejected_with_the_accepted_range() {
+    let fx = Fixture::new();
+    for (line, key, value, hint) in [
+        (
+            "rate_limit = -1",
+            "dns.rate_limit",
+            "-1",
+            "from 0 to 1000000",
+        ),
+        (
+            "rate_limit = 5000000",
+            "dns.rate_limit",
+            "5000000",
+            "0 to turn rate limiting off",
+        ),
+        (
+            "rate_limit_slip = 11",
+            "dns.rate_limit_slip",
+            "11",
+            "from 0 to 10",
+        ),
+        (
+            "tcp_max_connections = 0",
+            "dns.tcp_max_connections",
+            "0",
+            "from 1 to 10000",
+        ),
+        (
+            "tcp_timeout = \"0s\"",
+            "dns.tcp_timeout",
+            "\"0s\"",
+            "from 100ms to 5m",
+        ),
+        (
+            "tcp_timeout = \"1h\"",
+            "dns.tcp_timeout",
+            "\"1h\"",
+            "like \"5s\"",
+        ),
+        (
+            "tcp_timeout = \"soon\"",
+            "dns.tcp_timeout",
+            "\"soon\"",
+            "not a duration",
+        ),
+    ] {
+        fx.single_problem(&with_dns(line), key, value, hint);
+    }
+}
+
 #[test]
 fn cluster_name_that_is_not_printable_ascii_is_rejected() {
     let fx = Fixture::new();

@@ -6,20 +6,30 @@
 //! `Arc<ZoneView>` out of the channel and never holds the borrow across an
 //! await, so publishing a new view never waits on queries.
 //!
-//! hickory-server does the wire work (UDP, TCP framing and idle timeouts,
-//! parsing, FORMERR for undecodable packets); this module owns every policy
-//! decision: AA, EDNS echo and BADVERS, negative SOA, ANY, opcodes, classes
-//! and UDP truncation (hickory's own truncation sizes are wrong, see
-//! `notes/hickory-server-0.26.md`). It never recurses, never chases CNAMEs
+//! hickory-server does the UDP wire work (receiving, parsing, FORMERR for
+//! undecodable packets); TCP is served by our own listener (`dns::tcp`) because
+//! hickory's caps neither connections nor partial frames. Both reach the one
+//! handler through the same parsing, so a message gets the same bytes back
+//! either way. This module owns every policy decision: AA, EDNS echo and
+//! BADVERS, negative SOA, ANY, opcodes, classes, UDP truncation (hickory's
+//! own truncation sizes are wrong, see `notes/hickory-server-0.26.md`) and
+//! the abuse limits of [`Limits`]. It never recurses, never chases CNAMEs
 //! out of the zone and never installs a log subscriber: hickory logs two INFO
-//! lines per request under `hickory_server::server`, which the binary filters.
+//! lines per UDP request under `hickory_server::server`, which the binary
+//! filters.
 //!
 //! Served through [`serve_with_metrics`], it counts each answer by response
-//! code: one atomic add per query, the only thing it does with metrics.
+//! code, and each response the rate limit dropped or truncated and each TCP
+//! connection refused: one atomic add per event, the only thing it does
+//! with metrics. A limited response is counted as limited, not by its code.
 //!
 //! Choices where the RFCs leave room:
-//! - ANY is answered minimally (RFC 8482): the SOA at the apex, the single
-//!   record elsewhere.
+//! - ANY is answered minimally (RFC 8482 §4.2), over UDP and TCP alike: the
+//!   SOA at the apex, the one RRset of the name elsewhere. A real RRset
+//!   rather than the synthesized HINFO "RFC8482": it is as small, tells a
+//!   person running `dig ANY` something true, and needs no special record
+//!   that a cache would keep. Never the whole apex (SOA, every NS and their
+//!   glue), the amplification ANY is known for.
 //! - Answer owner names are lowercase; the question is echoed as received,
 //!   so 0x20 case randomisation still works.
 //! - A class other than IN is REFUSED, like an out-of-zone name: we hold no
@@ -27,30 +37,39 @@
 //!   offered: every node answers from the replicated state).
 
 pub mod publish;
+mod rate_limit;
+mod tcp;
 mod zone;
 
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use hickory_server::Server;
 use hickory_server::net::NetError;
-use hickory_server::net::runtime::Time;
+use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::rdata::{CNAME, NS};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::config::DnsConfig;
 use crate::metrics::Metrics;
+use rate_limit::{RateLimiter, Verdict};
 use zone::Lookup;
 pub use zone::ZoneView;
 
@@ -61,24 +80,61 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// The UDP size limit for a client that sent no OPT (RFC 1035 §4.2.1).
 const PLAIN_UDP_PAYLOAD: u16 = 512;
 
-/// How long a TCP connection may stay idle between complete messages. Short,
-/// because hickory caps neither connections nor partial frames.
-const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Responses queued per TCP connection before the handler waits for the
-/// client to read.
-const TCP_RESPONSE_QUEUE: usize = 32;
-
 /// Why the DNS server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    /// A UDP socket or TCP listener failed in a way hickory cannot recover
-    /// from (for example the socket was closed underneath it).
+    /// The UDP socket failed in a way hickory cannot recover from (for
+    /// example the socket was closed underneath it).
     #[error("the DNS server stopped: {source}")]
     Server {
         #[source]
         source: NetError,
     },
+    /// The TCP listener at `addr` can no longer accept connections.
+    #[error("the DNS TCP listener on {addr} stopped: {source}")]
+    Tcp {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the server allows one client before it stops answering it: the
+/// `[dns]` abuse limits, so a flood from one place cannot starve the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// UDP responses per second per client prefix; 0 turns the limit off.
+    pub rate_limit: u32,
+    /// Every this-many-th limited response is sent truncated; 0 never.
+    pub rate_limit_slip: u32,
+    /// How long a TCP connection may take to deliver its next complete
+    /// query, or to read an answer.
+    pub tcp_timeout: Duration,
+    /// TCP connections open at once; more are closed on accept.
+    pub tcp_max_connections: u32,
+}
+
+impl From<&DnsConfig> for Limits {
+    fn from(dns: &DnsConfig) -> Limits {
+        Limits {
+            rate_limit: dns.rate_limit,
+            rate_limit_slip: dns.rate_limit_slip,
+            tcp_timeout: dns.tcp_timeout,
+            tcp_max_connections: dns.tcp_max_connections,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// The limits of a `[dns]` table that sets none of them.
+    fn default() -> Limits {
+        Limits {
+            rate_limit: crate::config::DEFAULT_RATE_LIMIT,
+            rate_limit_slip: crate::config::DEFAULT_RATE_LIMIT_SLIP,
+            tcp_timeout: crate::config::DEFAULT_TCP_TIMEOUT,
+            tcp_max_connections: crate::config::DEFAULT_TCP_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// Serves DNS on an already-bound UDP socket and TCP listener until `cancel`
@@ -91,23 +147,26 @@ pub async fn serve(
     tcp: TcpListener,
     zone: watch::Receiver<Arc<ZoneView>>,
     lease: Lease,
+    limits: Limits,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    serve_counted(udp, tcp, zone, lease, None, cancel).await
+    serve_counted(udp, tcp, zone, lease, limits, None, cancel).await
 }
 
-/// [`serve`], counting every answered query in `metrics` by response code.
-/// Messages hickory rejects before they reach the handler (undecodable ones,
-/// answered FORMERR by hickory itself) are not counted.
+/// [`serve`], counting every answered query in `metrics` by response code,
+/// and every rate-limited response and refused TCP connection. Messages
+/// rejected before they reach the handler (undecodable ones, answered
+/// FORMERR) are not counted.
 pub async fn serve_with_metrics(
     udp: UdpSocket,
     tcp: TcpListener,
     zone: watch::Receiver<Arc<ZoneView>>,
     lease: Lease,
+    limits: Limits,
     metrics: Metrics,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    serve_counted(udp, tcp, zone, lease, Some(metrics), cancel).await
+    serve_counted(udp, tcp, zone, lease, limits, Some(metrics), cancel).await
 }
 
 async fn serve_counted(
@@ -115,35 +174,48 @@ async fn serve_counted(
     tcp: TcpListener,
     zone: watch::Receiver<Arc<ZoneView>>,
     lease: Lease,
+    limits: Limits,
     metrics: Option<Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), DnsError> {
-    let mut server = Server::new(Authority {
+    let authority = Authority {
         zone,
         lease,
+        limiter: RateLimiter::new(limits.rate_limit, limits.rate_limit_slip, Instant::now())
+            .map(Arc::new),
         metrics,
-    });
+    };
+    let mut server = Server::new(authority.clone());
     server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_QUEUE);
-    // `block_until_done` only returns early if a socket task failed; it is
-    // cancel-safe (a JoinSet), so it can lose the race against `cancel`.
+    let tcp = tcp::serve(tcp, authority, limits, cancel.clone());
+    // Both only return early if their socket failed; both are cancel-safe
+    // (hickory's is a JoinSet), so either can lose the race against `cancel`
+    // or the other.
     let failed = tokio::select! {
         () = cancel.cancelled() => None,
-        result = server.block_until_done() => Some(result),
+        result = server.block_until_done() => Some(result.map_err(|source| DnsError::Server { source })),
+        result = tcp => Some(result),
     };
     match failed {
-        None => server.shutdown_gracefully().await,
+        None => server
+            .shutdown_gracefully()
+            .await
+            .map_err(|source| DnsError::Server { source }),
         Some(result) => result,
     }
-    .map_err(|source| DnsError::Server { source })
 }
 
-/// The hickory request handler: all answering policy lives here.
+/// The request handler: all answering policy lives here. One clone serves
+/// UDP (inside hickory's server) and one TCP (inside [`tcp::serve`]).
+#[derive(Clone)]
 struct Authority {
     /// The latest view; the node holds the sender and replaces it on apply.
     zone: watch::Receiver<Arc<ZoneView>>,
     /// Whether service names may be answered, checked on every query.
     lease: Lease,
+    /// The UDP response budgets of client prefixes; `None` when limiting is
+    /// off. Shared by both clones (only UDP uses it).
+    limiter: Option<Arc<RateLimiter>>,
     /// Where answered queries are counted, if anywhere.
     metrics: Option<Metrics>,
 }
@@ -302,9 +374,6 @@ impl RequestHandler for Authority {
         // Clone the snapshot out so the watch borrow ends before any await.
         let zone = Arc::clone(&self.zone.borrow());
         let reply = Authority::reply(request, &zone, self.lease.holds());
-        if let Some(metrics) = &self.metrics {
-            metrics.dns_query(u16::from(reply.code));
-        }
 
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.code;
@@ -318,13 +387,59 @@ impl RequestHandler for Authority {
             ours.set_dnssec_ok(theirs.flags().dnssec_ok);
             ours
         });
+        // Any question count but one is FORMERR, sent without the questions:
+        // they tell the client nothing, and echoing thousands of bytes of them
+        // could not fit a UDP answer (hickory would then log an ERROR and send
+        // a bare SERVFAIL for every such packet).
+        let no_questions;
+        let questions = match request.queries.len() {
+            1 => &request.queries,
+            _ => match no_questions_section() {
+                Some(none) => {
+                    no_questions = none;
+                    &no_questions
+                }
+                None => &request.queries,
+            },
+        };
         let builder = || {
-            let mut builder = MessageResponseBuilder::from_message_request(request);
+            let mut builder = MessageResponseBuilder::new(questions, None);
             if let Some(edns) = &edns {
                 builder.edns(edns);
             }
             builder
         };
+
+        // Only UDP is limited: a TCP client has proven its address, and the
+        // connection cap bounds what it can take.
+        let limited = match (&self.limiter, request.protocol()) {
+            (Some(limiter), Protocol::Udp) => limiter.check(request.src().ip(), Instant::now()),
+            _ => Verdict::Send,
+        };
+        match limited {
+            Verdict::Send => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns_query(u16::from(reply.code));
+                }
+            }
+            Verdict::Drop => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns_dropped();
+                }
+                return ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                });
+            }
+            // The same TC answer as an oversize one: no bigger than the query.
+            Verdict::Slip => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.dns_slipped();
+                }
+                metadata.truncation = true;
+                return send(&mut response_handle, builder().build_no_records(metadata)).await;
+            }
+        }
 
         // hickory truncates against our advertised size, not the client's,
         // and leaves garbage behind when it does (notes §2, bugs A and B):
@@ -340,7 +455,7 @@ impl RequestHandler for Authority {
                 None => PLAIN_UDP_PAYLOAD,
             };
             let bound = HEADER_LEN
-                + request.queries.as_bytes().len()
+                + questions.as_bytes().len()
                 + edns.as_ref().map_or(0, |_| OPT_LEN)
                 + [reply.answers, reply.authorities, reply.additionals]
                     .into_iter()
@@ -413,6 +528,139 @@ fn wire_bound(record: &Record) -> usize {
     };
     // TYPE, CLASS, TTL and RDLENGTH take 10 bytes.
     name(&record.name) + 10 + rdata
+}
+
+impl Authority {
+    /// Answers one raw message from `source` as hickory's server does around
+    /// the handler: under 12 bytes or a response (QR=1) gets nothing, an
+    /// undecodable one FORMERR with the header only, and the rest go to
+    /// [`RequestHandler::handle_request`]. Returns the wire bytes to send, if any.
+    async fn answer_raw(
+        &self,
+        message: Vec<u8>,
+        source: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<Vec<u8>> {
+        let header = Header::read(&mut BinDecoder::new(&message)).ok()?;
+        let mut captured = Captured {
+            protocol,
+            wire: Arc::default(),
+        };
+        match Request::from_bytes(message, source, protocol) {
+            // Answering a response would make us a reflector.
+            Ok(request) if request.metadata.message_type == MessageType::Response => return None,
+            Ok(request) => {
+                self.handle_request::<_, TokioTime>(&request, captured.clone())
+                    .await;
+            }
+            Err(error) => {
+                debug!(%error, %source, "undecodable DNS message; answering FORMERR");
+                let no_questions = no_questions_section()?;
+                let response = MessageResponseBuilder::new(&no_questions, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                captured.send_response(response).await.ok()?;
+            }
+        }
+        captured
+            .wire
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// An empty question section, for answers that must not echo the query's.
+/// hickory only builds one by decoding; decoding nothing cannot fail.
+fn no_questions_section() -> Option<Queries> {
+    Queries::read(&mut BinDecoder::new(&[]), 0).ok()
+}
+
+/// The transport a raw message came over, for [`answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Held to the client's UDP payload size (truncated with TC above it).
+    Udp,
+    /// Up to 64 KiB, never truncated.
+    Tcp,
+}
+
+/// Answers one raw DNS message against `view` exactly as a node's server
+/// would over `transport`: parsing, FORMERR for undecodable messages, every
+/// answering policy, truncation and encoding; the lease held and no rate
+/// limit. `None` when the server would send nothing. Without sockets, so it
+/// serves the fuzz target and tests that compare bytes.
+pub fn answer(view: Arc<ZoneView>, message: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let (_sender, zone) = watch::channel(view);
+    let authority = Authority {
+        zone,
+        lease: Lease::forever(),
+        limiter: None,
+        metrics: None,
+    };
+    let protocol = match transport {
+        Transport::Udp => Protocol::Udp,
+        Transport::Tcp => Protocol::Tcp,
+    };
+    let source = SocketAddr::from(([192, 0, 2, 1], 5353));
+    // Nothing in the handler waits on I/O or timers (`Captured` stores the
+    // answer at once), so any executor will do; no runtime needed.
+    futures::executor::block_on(authority.answer_raw(message.to_vec(), source, protocol))
+}
+
+/// A [`ResponseHandler`] that keeps the encoded answer instead of sending it,
+/// so messages that arrive outside hickory's server (TCP, [`answer`]) get
+/// exactly the bytes hickory would have sent.
+#[derive(Clone)]
+struct Captured {
+    protocol: Protocol,
+    /// The encoded answer, once the handler has sent one.
+    wire: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Captured {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // hickory's own encoding (crate-private there): the size limit is
+        // the response OPT's payload over UDP, and a message that cannot be
+        // encoded becomes a bare SERVFAIL header.
+        let limit = match self.protocol {
+            Protocol::Udp => response
+                .edns()
+                .map_or(PLAIN_UDP_PAYLOAD, |edns| edns.max_payload()),
+            _ => u16::MAX,
+        };
+        let id = response.metadata().id;
+        let mut wire = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut wire);
+        encoder.set_max_size(limit);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, id, "encoding a DNS response failed; sending SERVFAIL");
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                wire.clear();
+                header.emit(&mut BinEncoder::new(&mut wire))?;
+                ResponseInfo::from(header)
+            }
+        };
+        *self.wire.lock().unwrap_or_else(PoisonError::into_inner) = Some(wire);
+        Ok(info)
+    }
 }
 
 /// Sends `response`; a failure is this request's alone, so it is logged and

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::{DnsError, ZoneView, serve, serve_with_metrics};
+use super::{DnsError, Limits, ZoneView, serve, serve_with_metrics};
 use crate::config::Config;
 use crate::model::{AppliedState, Epoch, ServiceState};
 
@@ -157,13 +157,14 @@ impl Harness {
     }
 
     async fn start_with_lease(view: ZoneView, lease: crate::dns::Lease) -> Harness {
-        Harness::spawn(view, lease, None).await
+        Harness::spawn(view, lease, None, Limits::default()).await
     }
 
     async fn spawn(
         view: ZoneView,
         lease: crate::dns::Lease,
         metrics: Option<crate::metrics::Metrics>,
+        limits: Limits,
     ) -> Harness {
         let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
@@ -176,8 +177,10 @@ impl Harness {
         let stop = cancel.clone();
         let task = tokio::spawn(async move {
             match metrics {
-                Some(metrics) => serve_with_metrics(udp, tcp, rx, lease, metrics, stop).await,
-                None => serve(udp, tcp, rx, lease, stop).await,
+                Some(metrics) => {
+                    serve_with_metrics(udp, tcp, rx, lease, limits, metrics, stop).await
+                }
+                None => serve(udp, tcp, rx, lease, limits, stop).await,
             }
         });
         Harness {
@@ -881,7 +884,13 @@ async fn served_with_metrics_every_answer_is_counted_by_response_code() {
     let (config, _dir) = small_config();
     let metrics = crate::metrics::Metrics::new();
     let view = ZoneView::build(&config, &decided(), true);
-    let server = Harness::spawn(view, crate::dns::Lease::forever(), Some(metrics.clone())).await;
+    let server = Harness::spawn(
+        view,
+        crate::dns::Lease::forever(),
+        Some(metrics.clone()),
+        Limits::default(),
+    )
+    .await;
     let asked = [
         ("db.svc.example.", ResponseCode::NoError),
         ("_highlander.db.svc.example.", ResponseCode::NoError),
@@ -897,14 +906,228 @@ async fn served_with_metrics_every_answer_is_counted_by_response_code() {
     tcp_exchange(&mut tcp, &nx.to_vec().expect("encode")).await;
     server.stop().await;
 
-    let text = metrics.render(&crate::metrics::ScrapeView::default());
     let count = |rcode: &str| {
-        let series = format!("highlander_dns_queries_total{{rcode=\"{rcode}\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&series)?.parse::<u64>().ok())
+        counter(
+            &metrics,
+            &format!("highlander_dns_queries_total{{rcode=\"{rcode}\"}}"),
+        )
     };
     assert_eq!(count("noerror"), Some(2));
     assert_eq!(count("nxdomain"), Some(2), "UDP and TCP alike");
     assert_eq!(count("refused"), Some(1));
     assert_eq!(count("servfail"), Some(0));
+}
+
+/// The value of the series `series` (name and labels) in `metrics`.
+fn counter(metrics: &crate::metrics::Metrics, series: &str) -> Option<u64> {
+    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok())
+}
+
+/// Queries that cover every kind of answer: data, CNAME, NODATA, NXDOMAIN,
+/// REFUSED, SERVFAIL, ANY, EDNS with DO, BADVERS, an oversize NS set, a
+/// question count of two and undecodable bytes (FORMERR, header only).
+fn assorted_messages() -> Vec<Vec<u8>> {
+    let encode = |message: Message| message.to_vec().expect("encode");
+    let mut messages: Vec<Vec<u8>> = [
+        query("db.svc.example.", RecordType::A),
+        query("WeB.svc.example.", RecordType::AAAA),
+        query("db.svc.example.", RecordType::MX),
+        query("nope.svc.example.", RecordType::A),
+        query("example.org.", RecordType::A),
+        query("idle.svc.example.", RecordType::A),
+        query("svc.example.", RecordType::ANY),
+        query("svc.example.", RecordType::NS),
+        query_edns("_highlander.db.svc.example.", RecordType::TXT, 4096, true),
+        query_edns("svc.example.", RecordType::NS, 512, false),
+    ]
+    .into_iter()
+    .map(encode)
+    .collect();
+    let mut badvers = query_edns("db.svc.example.", RecordType::A, 1232, false);
+    if let Some(edns) = badvers.edns.as_mut() {
+        edns.set_version(1);
+    }
+    let mut two = query("db.svc.example.", RecordType::A);
+    two.add_query(Query::query(name("web.svc.example."), RecordType::A));
+    messages.extend([encode(badvers), encode(two), vec![0x5a; 40]]);
+    messages
+}
+
+/// hickory's own TCP listener around the same handler, for comparison.
+async fn hickorys_tcp_listener(
+    view: ZoneView,
+) -> (SocketAddr, hickory_server::Server<super::Authority>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind tcp");
+    let addr = listener.local_addr().expect("tcp addr");
+    let (_sender, zone) = watch::channel(Arc::new(view));
+    let mut server = hickory_server::Server::new(super::Authority {
+        zone,
+        lease: crate::dns::Lease::forever(),
+        limiter: None,
+        metrics: None,
+    });
+    server.register_listener(listener, DEADLINE, 32);
+    (addr, server)
+}
+
+#[tokio::test]
+async fn tcp_answers_are_byte_for_byte_what_hickorys_listener_sent() {
+    let (config, _dir) = many_node_config(12);
+    let view = ZoneView::build(&config, &decided(), true);
+    let (hickory, _server) = hickorys_tcp_listener(view.clone()).await;
+    let ours = Harness::start(view.clone()).await;
+    let mut theirs = TcpStream::connect(hickory).await.expect("connect");
+    let mut mine = TcpStream::connect(ours.tcp).await.expect("connect");
+    for message in assorted_messages() {
+        let expected = tcp_exchange(&mut theirs, &message).await;
+        assert_eq!(
+            tcp_exchange(&mut mine, &message).await,
+            expected,
+            "{message:02x?}"
+        );
+        let direct = super::answer(Arc::new(view.clone()), &message, super::Transport::Tcp);
+        assert_eq!(direct, Some(expected), "answer() over TCP");
+    }
+    ours.stop().await;
+}
+
+#[tokio::test]
+async fn answer_gives_the_bytes_the_udp_server_sends() {
+    let (config, _dir) = many_node_config(12);
+    let view = ZoneView::build(&config, &decided(), true);
+    let server = Harness::start(view.clone()).await;
+    for message in assorted_messages() {
+        let sent = server.udp_raw(&message).await;
+        let direct = super::answer(Arc::new(view.clone()), &message, super::Transport::Udp);
+        assert_eq!(direct, Some(sent), "{message:02x?}");
+    }
+    // What the server never answers, answer() does not either.
+    let mut response = query("db.svc.example.", RecordType::A)
+        .to_vec()
+        .expect("encode");
+    response[2] |= 0x80;
+    for silent in [vec![], vec![0; 11], response] {
+        assert_eq!(
+            super::answer(Arc::new(view.clone()), &silent, super::Transport::Udp),
+            None
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_rate_udp_answers_are_dropped_or_slipped_and_tcp_is_not_limited() {
+    let (config, _dir) = small_config();
+    let metrics = crate::metrics::Metrics::new();
+    let limits = Limits {
+        rate_limit: 5,
+        rate_limit_slip: 2,
+        ..Limits::default()
+    };
+    let view = ZoneView::build(&config, &decided(), true);
+    let server = Harness::spawn(
+        view,
+        crate::dns::Lease::forever(),
+        Some(metrics.clone()),
+        limits,
+    )
+    .await;
+    let question = query_edns("db.svc.example.", RecordType::A, 1232, false);
+    let sent = question.to_vec().expect("encode");
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    const QUERIES: u64 = 40;
+    for _ in 0..QUERIES {
+        socket.send_to(&sent, server.udp).await.expect("send");
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = vec![0; 4096];
+    // Every reply arrives well within this once the queries are sent.
+    while let Ok(received) =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await
+    {
+        let (len, _) = received.expect("recv");
+        let reply = Message::from_vec(&buf[..len]).expect("decodable");
+        if reply.metadata.truncation {
+            // A slip: the question and OPT echoed, nothing else, no bigger
+            // than the query, so a spoofed flood reflects nothing.
+            assert!(reply.answers.is_empty() && reply.additionals.is_empty());
+            assert_eq!(reply.queries, question.queries);
+            assert_eq!(len, sent.len());
+            truncated += 1;
+        } else {
+            assert_eq!(only_answer(&reply).data, RData::A(A([10, 0, 0, 11].into())));
+            full += 1;
+        }
+    }
+    // The burst is one second of the rate; the rest of the flood took
+    // milliseconds, so at most one more token was earned meanwhile.
+    assert!((5..=6).contains(&full), "{full} full answers");
+    let dropped = counter(
+        &metrics,
+        "highlander_dns_rate_limited_total{action=\"dropped\"}",
+    );
+    let slipped = counter(
+        &metrics,
+        "highlander_dns_rate_limited_total{action=\"slipped\"}",
+    );
+    assert_eq!(slipped, Some(truncated));
+    assert_eq!(dropped, Some(QUERIES - full - truncated));
+    assert!(
+        truncated.abs_diff(QUERIES - full - truncated) <= 1,
+        "every other one slips"
+    );
+    assert_eq!(
+        counter(&metrics, "highlander_dns_queries_total{rcode=\"noerror\"}"),
+        Some(full),
+        "limited responses are not counted as answered"
+    );
+    // TCP proves the address: it is answered whatever the UDP budget.
+    let reply = server.tcp(&question).await;
+    assert_header(&reply, ResponseCode::NoError, true);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn many_questions_get_formerr_without_them_not_a_bare_servfail() {
+    // Regression: the FORMERR for a question count other than one echoed
+    // every question; 100 of them (6 bytes each with compression) did not
+    // fit 512 bytes, so hickory's encoder failed, logged an ERROR and sent a
+    // 12-byte SERVFAIL without RD: one ERROR line per packet an attacker sends.
+    let server = Harness::standard().await;
+    for edns in [false, true] {
+        let first = match edns {
+            false => query("db.svc.example.", RecordType::A),
+            true => query_edns("db.svc.example.", RecordType::A, 1232, false),
+        };
+        let mut message = first.to_vec().expect("encode");
+        let opt = message.split_off(message.len() - usize::from(edns) * 11);
+        message[5] = 100;
+        for _ in 1..100 {
+            message.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        }
+        message.extend_from_slice(&opt);
+        let raw = server.udp_raw(&message).await;
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_header(&reply, ResponseCode::FormErr, false);
+        assert!(reply.metadata.recursion_desired, "RD copied");
+        assert!(reply.queries.is_empty(), "no questions echoed: {reply:?}");
+        assert_eq!(reply.edns.is_some(), edns, "OPT echoed when sent");
+        assert_eq!(raw.len(), 12 + usize::from(edns) * 11);
+        let direct = super::answer(
+            Arc::new(ZoneView::build(&small_config().0, &decided(), true)),
+            &message,
+            super::Transport::Udp,
+        );
+        assert_eq!(direct, Some(raw));
+    }
+    server.stop().await;
+}
+
+#[test]
+fn default_limits_are_those_of_a_dns_table_that_sets_none() {
+    let (config, _dir) = small_config();
+    assert_eq!(Limits::from(&config.dns), Limits::default());
 }

@@ -10,8 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
+use highlander::cluster::Cluster;
+use highlander::config::Config;
 use highlander::local_cluster::HttpInstance;
+use highlander::node::{Node, NodeError};
 use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 
 /// The zone every test config serves.
 pub const ZONE: &str = "svc.test.";
@@ -118,6 +122,33 @@ fall = 2
         ));
     }
     toml
+}
+
+/// Node 1 of a config, running in this process.
+pub struct RunningNode {
+    pub dns: SocketAddr,
+    pub api: SocketAddr,
+    /// The node's view of the cluster and its applied state.
+    pub cluster: Cluster,
+    /// Stops the node; `task` then returns.
+    pub cancel: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), NodeError>>,
+}
+
+/// Starts node 1 of `config_file` in-process.
+pub async fn start_node(config_file: &Path) -> Result<RunningNode> {
+    let config = Config::load(config_file)?;
+    let node = Node::bind(config, 1).await?;
+    let (dns, api, cluster) = (node.dns_addr(), node.api_addr(), node.cluster().clone());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(node.run(cancel.clone()));
+    Ok(RunningNode {
+        dns,
+        api,
+        cluster,
+        cancel,
+        task,
+    })
 }
 
 /// Sends one query over UDP and returns the response.

@@ -11,14 +11,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use highlander::cluster::Cluster;
-use highlander::config::Config;
-use highlander::node::{Node, NodeError};
+use highlander::node::NodeError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{ConfigDir, Instance, answer, eventually, one_node_config};
+use crate::harness::{
+    ConfigDir, Instance, RunningNode, answer, eventually, one_node_config, start_node,
+};
 
 /// The webhook secret the tests configure.
 const HOOK_SECRET: &str = "webhook-secret-0123456789abcdef";
@@ -178,11 +179,13 @@ struct Running {
 
 impl Running {
     async fn start(config_file: &Path) -> Result<Running> {
-        let node = Node::bind(Config::load(config_file)?, 1).await?;
-        let dns = node.dns_addr();
-        let cluster = node.cluster().clone();
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(node.run(cancel.clone()));
+        let RunningNode {
+            dns,
+            cluster,
+            cancel,
+            task,
+            ..
+        } = start_node(config_file).await?;
         Ok(Running {
             dns,
             cluster,

@@ -17,6 +17,8 @@ mod ctl;
 mod dashboard;
 /// `highlander demo`: the scripted story and its summary; nothing left behind, even after SIGKILL.
 mod demo;
+/// The DNS server under abuse: a UDP flood against rate limits, minimal ANY, TCP caps and timeouts, API body limits.
+mod dns_abuse;
 /// Local fakes of the DigitalOcean and Cloudflare DNS record APIs, from their public docs.
 mod fake_dns_api;
 /// Test harness: local HTTP instances, configs, DNS queries, polling.

@@ -1,28 +1,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use highlander::config::Config;
-use highlander::node::Node;
-use tokio_util::sync::CancellationToken;
 
-use crate::harness::{Answer, ConfigDir, Instance, answer, eventually, one_node_config};
-
-/// Starts node 1 of `config_file` in-process; returns its DNS address, its
-/// stop token and its task.
-async fn start_node(
-    config_file: &std::path::Path,
-) -> Result<(
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), highlander::node::NodeError>>,
-)> {
-    let config = Config::load(config_file)?;
-    let node = Node::bind(config, 1).await?;
-    let dns = node.dns_addr();
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(node.run(cancel.clone()));
-    Ok((dns, cancel, task))
-}
+use crate::harness::{
+    Answer, ConfigDir, Instance, RunningNode, answer, eventually, one_node_config, start_node,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_moves_the_answer_and_survives_a_restart() -> Result<()> {
@@ -35,7 +17,9 @@ async fn failover_moves_the_answer_and_survives_a_restart() -> Result<()> {
         "127.0.0.1:0",
     ))?;
 
-    let (dns, cancel, task) = start_node(&file).await?;
+    let RunningNode {
+        dns, cancel, task, ..
+    } = start_node(&file).await?;
     let first = eventually(Duration::from_secs(10), "the first decision", || {
         answer(dns)
     })
@@ -70,7 +54,9 @@ async fn failover_moves_the_answer_and_survives_a_restart() -> Result<()> {
     // The same data dir: the first answer after the restart (once the node
     // has confirmed it holds the quorum, SERVFAIL until then) is the kept
     // choice and epoch (S5).
-    let (dns, cancel, task) = start_node(&file).await?;
+    let RunningNode {
+        dns, cancel, task, ..
+    } = start_node(&file).await?;
     let restarted = eventually(
         Duration::from_secs(5),
         "an answer after the restart",
@@ -105,7 +91,9 @@ async fn no_decision_answers_servfail_until_an_instance_is_up() -> Result<()> {
     primary.kill().await;
     backup.kill().await;
 
-    let (dns, cancel, task) = start_node(&file).await?;
+    let RunningNode {
+        dns, cancel, task, ..
+    } = start_node(&file).await?;
     // Give the probes time to mark both down (fall = 2 at 100 ms), then check.
     tokio::time::sleep(Duration::from_millis(500)).await; // a window in which a wrong answer would show
     assert_eq!(answer(dns).await?, None, "no decision yet must be SERVFAIL");
