@@ -6,17 +6,17 @@
 //! `Arc<ZoneView>` out of the channel and never holds the borrow across an
 //! await, so publishing a new view never waits on queries.
 //!
-//! hickory-server does the UDP wire work (receiving, parsing, FORMERR for
-//! undecodable packets); TCP is served by our own listener (`dns::tcp`) because
-//! hickory's caps neither connections nor partial frames. Both reach the one
-//! handler through the same parsing, so a message gets the same bytes back
-//! either way. This module owns every policy decision: AA, EDNS echo and
+//! UDP is served by `dns::fast`: batched `recvmmsg`/`sendmmsg`, the hot
+//! questions answered from responses the handler encoded once per view, and
+//! everything else parsed by hickory and answered by the handler (FORMERR
+//! for undecodable packets, as hickory's own server does). TCP is served by
+//! our own listener (`dns::tcp`) because hickory's caps neither connections
+//! nor partial frames. All reach the one handler's policy, so a message gets
+//! the same bytes back whichever way it goes (a test compares them). This module owns every policy decision: AA, EDNS echo and
 //! BADVERS, negative SOA, ANY, opcodes, classes, UDP truncation (hickory's
 //! own truncation sizes are wrong, see `notes/hickory-server-0.26.md`) and
 //! the abuse limits of [`Limits`]. It never recurses, never chases CNAMEs
-//! out of the zone and never installs a log subscriber: hickory logs two INFO
-//! lines per UDP request under `hickory_server::server`, which the binary
-//! filters.
+//! out of the zone and never installs a log subscriber.
 //!
 //! Served through [`serve_with_metrics`], it counts each answer by response
 //! code, and each response the rate limit dropped or truncated and each TCP
@@ -36,6 +36,7 @@
 //!   data in any other class. AXFR/IXFR are REFUSED too (transfers are not
 //!   offered: every node answers from the replicated state).
 
+mod fast;
 pub mod publish;
 mod rate_limit;
 mod tcp;
@@ -48,7 +49,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use hickory_server::Server;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::{Time, TokioTime};
 use hickory_server::net::xfer::Protocol;
@@ -83,12 +83,13 @@ const PLAIN_UDP_PAYLOAD: u16 = 512;
 /// Why the DNS server stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    /// The UDP socket failed in a way hickory cannot recover from (for
-    /// example the socket was closed underneath it).
-    #[error("the DNS server stopped: {source}")]
-    Server {
+    /// The UDP socket at `addr` failed in a way that is not one datagram's
+    /// fault (for example it was closed underneath the server).
+    #[error("the DNS UDP socket on {addr} stopped: {source}")]
+    Udp {
+        addr: String,
         #[source]
-        source: NetError,
+        source: std::io::Error,
     },
     /// The TCP listener at `addr` can no longer accept connections.
     #[error("the DNS TCP listener on {addr} stopped: {source}")]
@@ -185,28 +186,22 @@ async fn serve_counted(
             .map(Arc::new),
         metrics,
     };
-    let mut server = Server::new(authority.clone());
-    server.register_socket(udp);
+    let addr = udp
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let udp = fast::serve_udp(udp, authority.clone(), cancel.clone());
     let tcp = tcp::serve(tcp, authority, limits, cancel.clone());
-    // Both only return early if their socket failed; both are cancel-safe
-    // (hickory's is a JoinSet), so either can lose the race against `cancel`
-    // or the other.
-    let failed = tokio::select! {
-        () = cancel.cancelled() => None,
-        result = server.block_until_done() => Some(result.map_err(|source| DnsError::Server { source })),
-        result = tcp => Some(result),
-    };
-    match failed {
-        None => server
-            .shutdown_gracefully()
-            .await
-            .map_err(|source| DnsError::Server { source }),
-        Some(result) => result,
+    // Both return Ok once `cancel` is cancelled, and early only if their
+    // socket failed; the first failure stops the server.
+    tokio::select! {
+        result = udp => result.map_err(|source| DnsError::Udp { addr, source }),
+        result = tcp => result,
     }
 }
 
 /// The request handler: all answering policy lives here. One clone serves
-/// UDP (inside hickory's server) and one TCP (inside [`tcp::serve`]).
+/// UDP (inside [`fast::serve_udp`], for what the fast path leaves) and one
+/// TCP (inside [`tcp::serve`]).
 #[derive(Clone)]
 struct Authority {
     /// The latest view; the node holds the sender and replaces it on apply.

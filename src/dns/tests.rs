@@ -1131,3 +1131,289 @@ fn default_limits_are_those_of_a_dns_table_that_sets_none() {
     let (config, _dir) = small_config();
     assert_eq!(Limits::from(&config.dns), Limits::default());
 }
+
+/// A raw query: `name` encoded label by label as written (so its case is
+/// kept), the header flag bytes as given, and an OPT with `payload`, DO and
+/// the raw `options` when `edns` is set.
+fn raw_query(
+    id: u16,
+    flags: [u8; 2],
+    qname: &str,
+    qtype: u16,
+    edns: Option<(u16, bool, &[u8])>,
+) -> Vec<u8> {
+    let mut wire = id.to_be_bytes().to_vec();
+    wire.extend_from_slice(&flags);
+    wire.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(edns.is_some())]);
+    for label in qname.split('.').filter(|l| !l.is_empty()) {
+        wire.push(u8::try_from(label.len()).expect("short label"));
+        wire.extend_from_slice(label.as_bytes());
+    }
+    wire.push(0);
+    wire.extend_from_slice(&qtype.to_be_bytes());
+    wire.extend_from_slice(&[0, 1]);
+    if let Some((payload, dnssec_ok, options)) = edns {
+        wire.extend_from_slice(&[0, 0, 41]);
+        wire.extend_from_slice(&payload.to_be_bytes());
+        wire.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
+        let len = u16::try_from(options.len()).expect("short options");
+        wire.extend_from_slice(&len.to_be_bytes());
+        wire.extend_from_slice(options);
+    }
+    wire
+}
+
+/// An [`Authority`](super::Authority) over `view` as the server builds it.
+fn authority(
+    view: ZoneView,
+    lease: crate::dns::Lease,
+    rate_limit: Option<(u32, u32)>,
+) -> (super::Authority, watch::Sender<Arc<ZoneView>>) {
+    let (sender, zone) = watch::channel(Arc::new(view));
+    let limiter = rate_limit.and_then(|(rate, slip)| {
+        super::rate_limit::RateLimiter::new(rate, slip, std::time::Instant::now()).map(Arc::new)
+    });
+    let authority = super::Authority {
+        zone,
+        lease,
+        limiter,
+        metrics: None,
+    };
+    (authority, sender)
+}
+
+/// The fast path's answer to `query`, or `None` if it leaves it to the handler.
+fn fast_answer(
+    table: &super::fast::FastTable,
+    authority: &super::Authority,
+    query: &[u8],
+) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let source = std::net::IpAddr::from([192, 0, 2, 1]);
+    match table.answer(
+        authority,
+        query,
+        source,
+        std::time::Instant::now(),
+        &mut out,
+    ) {
+        super::fast::Fast::Answer => Some(out),
+        super::fast::Fast::Dropped => Some(Vec::new()),
+        super::fast::Fast::Slow => None,
+    }
+}
+
+/// Every query shape the byte comparison tries, for each name and type.
+fn query_variants(qname: &str, qtype: u16) -> Vec<Vec<u8>> {
+    let mixed: String = qname
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    let client_cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let both_cookies: Vec<u8> = [0, 10, 0, 24].into_iter().chain(1..=24).collect();
+    let padding = [0, 12, 0, 4, 0, 0, 0, 0];
+    let cookie_and_padding: Vec<u8> = client_cookie.iter().chain(&padding).copied().collect();
+    // Options the fast path must leave to the handler: NSID, a short cookie.
+    let nsid = [0, 3, 0, 0];
+    let short_cookie = [0, 10, 0, 7, 1, 2, 3, 4, 5, 6, 7];
+    let edns: [Option<(u16, bool, &[u8])>; 12] = [
+        None,
+        Some((512, false, &[])),
+        Some((1232, false, &[])),
+        Some((4096, true, &[])),
+        Some((100, false, &[])),
+        Some((1232, true, &client_cookie)),
+        Some((1232, false, &both_cookies)),
+        Some((1400, true, &cookie_and_padding)),
+        Some((1232, false, &padding)),
+        Some((1232, false, &nsid)),
+        Some((1232, false, &short_cookie)),
+        Some((600, true, &[])),
+    ];
+    let mut variants = Vec::new();
+    for name in [qname, mixed.as_str()] {
+        for (i, &edns) in edns.iter().enumerate() {
+            // RD, CD, both, none; and bits the fast path leaves alone (AD, TC).
+            let flags = [
+                [0x01, 0],
+                [0, 0x10],
+                [0x01, 0x10],
+                [0, 0],
+                [0, 0x20],
+                [0x03, 0],
+            ][i % 6];
+            let id = u16::try_from(i).expect("few variants") * 257 + 3;
+            variants.push(raw_query(id, flags, name, qtype, edns));
+        }
+    }
+    variants
+}
+
+/// The names every byte comparison asks about: services of each kind, their
+/// TXT names, the apex, a nameserver, an unknown name and one outside the zone.
+const COMPARED_NAMES: [&str; 9] = [
+    "db.svc.example.",
+    "web.svc.example.",
+    "v6.svc.example.",
+    "idle.svc.example.",
+    "_highlander.db.svc.example.",
+    "svc.example.",
+    "ns1.svc.example.",
+    "nope.svc.example.",
+    "db.example.org.",
+];
+
+/// Types asked for each name: A, NS, CNAME, SOA, MX, TXT, AAAA, ANY, CAA.
+const COMPARED_TYPES: [u16; 9] = [1, 2, 5, 6, 15, 16, 28, 255, 257];
+
+/// Compares the fast path with the handler for every variant against
+/// `view`, with `lease`; returns how many the fast path answered.
+fn compare_fast_with_slow(view: &ZoneView, lease: &crate::dns::Lease) -> usize {
+    let (authority, _sender) = authority(view.clone(), lease.clone(), None);
+    let table = super::fast::FastTable::build(Arc::new(view.clone()));
+    let mut fast_count = 0;
+    for qname in COMPARED_NAMES {
+        for qtype in COMPARED_TYPES {
+            for query in query_variants(qname, qtype) {
+                let Some(fast) = fast_answer(&table, &authority, &query) else {
+                    continue;
+                };
+                fast_count += 1;
+                let slow = super::answer(Arc::new(view.clone()), &query, super::Transport::Udp)
+                    .expect("the handler answers what the fast path answered");
+                assert_eq!(fast, slow, "{qname} type {qtype}, query {query:02x?}");
+            }
+        }
+    }
+    fast_count
+}
+
+#[test]
+fn fast_path_answers_equal_the_handlers_byte_for_byte() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(&config, &decided(), true);
+    let answered = compare_fast_with_slow(&view, &crate::dns::Lease::forever());
+    // The hot questions really are fast-pathed: 4 services x A/AAAA/CNAME,
+    // 4 TXT names x TXT (some of these are NODATA or SERVFAIL, equally
+    // pre-encoded), apex SOA/NS, each in the variants the fast path takes.
+    assert!(answered > 200, "only {answered} answered fast");
+
+    // The common question in the shapes resolvers send is fast-pathed.
+    let (authority, _sender) = authority(view.clone(), crate::dns::Lease::forever(), None);
+    let table = super::fast::FastTable::build(Arc::new(view));
+    for edns in [
+        None,
+        Some((1232, true, &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8][..])),
+    ] {
+        let query = raw_query(9, [1, 0], "dB.SvC.eXamplE.", 1, edns);
+        assert!(
+            fast_answer(&table, &authority, &query).is_some(),
+            "{edns:?}"
+        );
+    }
+    // Options the handler might treat differently are left to it.
+    let nsid = raw_query(
+        9,
+        [1, 0],
+        "db.svc.example.",
+        1,
+        Some((1232, false, &[0, 3, 0, 0])),
+    );
+    assert!(fast_answer(&table, &authority, &nsid).is_none());
+}
+
+#[test]
+fn fast_path_equals_the_handler_for_big_apex_answers_and_undecided_services() {
+    // 12 nodes with IPv6 glue: NS answers over 512 bytes, so small clients
+    // must get the handler's TC answer, never a fast one.
+    let (config, _dir) = many_node_config(12);
+    let view = ZoneView::build(&config, &applied(3, &[]), true);
+    compare_fast_with_slow(&view, &crate::dns::Lease::forever());
+    let (authority, _sender) = authority(view.clone(), crate::dns::Lease::forever(), None);
+    let table = super::fast::FastTable::build(Arc::new(view));
+    let small = raw_query(1, [0, 0], "svc.example.", 2, None);
+    assert!(fast_answer(&table, &authority, &small).is_none());
+}
+
+#[test]
+fn a_lapsed_lease_leaves_service_names_to_the_handler() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(&config, &decided(), true);
+    let lapsed = crate::dns::Lease::new();
+    compare_fast_with_slow(&view, &lapsed);
+    let (authority, _sender) = authority(view.clone(), lapsed, None);
+    let table = super::fast::FastTable::build(Arc::new(view));
+    for qname in ["db.svc.example.", "_highlander.db.svc.example."] {
+        for query in query_variants(qname, 1)
+            .into_iter()
+            .chain(query_variants(qname, 16))
+        {
+            assert!(fast_answer(&table, &authority, &query).is_none(), "{qname}");
+        }
+    }
+    // The apex does not depend on the lease.
+    let soa = raw_query(1, [0, 0], "svc.example.", 6, None);
+    assert!(fast_answer(&table, &authority, &soa).is_some());
+}
+
+#[test]
+fn the_fast_path_spends_the_rate_limit_and_slips_like_the_handler() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(&config, &decided(), true);
+    let table = super::fast::FastTable::build(Arc::new(view.clone()));
+    for edns in [None, Some((1232, true, &[][..]))] {
+        let query = raw_query(77, [1, 0x10], "Db.svc.example.", 1, edns);
+        // One response a second, every limited one slips; then none slips.
+        for slip in [1, 0] {
+            let (fast, _f) = authority(view.clone(), crate::dns::Lease::forever(), Some((1, slip)));
+            let (slow, _s) = authority(view.clone(), crate::dns::Lease::forever(), Some((1, slip)));
+            let source = SocketAddr::from(([192, 0, 2, 1], 5353));
+            for round in 0..3 {
+                let by_handler = futures::executor::block_on(slow.answer_raw(
+                    query.clone(),
+                    source,
+                    hickory_server::net::xfer::Protocol::Udp,
+                ));
+                let by_fast = fast_answer(&table, &fast, &query).expect("fast-pathed");
+                match by_handler {
+                    Some(wire) => assert_eq!(by_fast, wire, "round {round} slip {slip}"),
+                    None => assert!(by_fast.is_empty(), "round {round} slip {slip}: dropped"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mangled_queries_never_panic_and_fast_answers_still_equal_the_handlers() {
+    let (config, _dir) = small_config();
+    let view = ZoneView::build(&config, &decided(), true);
+    let (authority, _sender) = authority(view.clone(), crate::dns::Lease::forever(), None);
+    let table = super::fast::FastTable::build(Arc::new(view.clone()));
+    let cookie = [0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+    let base = raw_query(5, [1, 0], "db.svc.example.", 1, Some((1232, true, &cookie)));
+    let mut mangled: Vec<Vec<u8>> = (0..base.len()).map(|n| base[..n].to_vec()).collect();
+    for at in 0..base.len() {
+        for bit in 0..8 {
+            let mut flipped = base.clone();
+            flipped[at] ^= 1 << bit;
+            mangled.push(flipped);
+        }
+    }
+    let mut longer = base.clone();
+    longer.push(0);
+    mangled.push(longer);
+    for query in mangled {
+        if let Some(fast) = fast_answer(&table, &authority, &query) {
+            let slow = super::answer(Arc::new(view.clone()), &query, super::Transport::Udp);
+            assert_eq!(Some(fast), slow, "query {query:02x?}");
+        }
+    }
+}

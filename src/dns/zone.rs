@@ -250,6 +250,14 @@ impl ZoneView {
         }
     }
 
+    /// The names whose UDP answers `dns::fast` pre-encodes: the apex (not
+    /// leased) and every service and `_highlander` name (leased: answered
+    /// only while the lease holds, S3).
+    pub(crate) fn hot_names(&self) -> impl Iterator<Item = (&LowerName, bool)> {
+        let apex = self.origin.iter().map(|origin| (origin, false));
+        apex.chain(self.leased.iter().map(|name| (name, true)))
+    }
+
     /// The SOA to put in AUTHORITY of NODATA and NXDOMAIN answers.
     pub(crate) fn negative_soa(&self) -> &Record {
         &self.negative_soa
