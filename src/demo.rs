@@ -947,9 +947,10 @@ pub fn janitor(dir: &std::path::Path) -> std::io::Result<()> {
     }
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);
-    // The nodes get SIGKILL as the demo dies; a node still closing a file
-    // cannot recreate the directory, but give removal a second try.
-    for _ in 0..2 {
+    // The nodes get SIGKILL as the demo dies, but on a loaded machine one
+    // may still be writing its log or store for a moment, which makes a
+    // removal fail with "directory not empty": keep trying for 5 s.
+    for _ in 0..25 {
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 std::thread::sleep(Duration::from_millis(200));
