@@ -985,6 +985,74 @@ async fn checker_with_metrics_records_every_finished_probe() {
     assert!(seconds >= 1.0, "two timeouts of 500ms take {seconds}s");
 }
 
+/// The count and sum of the node-wide probe lag histogram in `metrics`.
+fn lag_count_and_sum(metrics: &crate::metrics::Metrics) -> (f64, f64) {
+    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    (
+        sample("highlander_probe_lag_seconds_count"),
+        sample("highlander_probe_lag_seconds_sum"),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_on_schedule_record_no_lag() {
+    let config = fake_config(&["a", "b", "c"], Duration::from_millis(500), 2, 3);
+    let metrics = crate::metrics::Metrics::new();
+    let probe = FakeProbe::new(Act::Pass);
+    let (checker, _rx) = Checker::with_probes(&config, vec![("web".into(), probe.clone())], 7)
+        .expect("every service has a probe");
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(checker.with_metrics(metrics.clone()).run(cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    stop(cancel, handle).await;
+
+    let (count, sum) = lag_count_and_sum(&metrics);
+    assert_eq!(
+        count,
+        probe.start_count() as f64,
+        "one lag per probe started"
+    );
+    assert!(count >= 15.0, "{count} probes");
+    // Tokio's timer rounds each deadline up to the next millisecond, which
+    // is all the lag a probe on schedule can show.
+    assert!(sum <= count * 0.001, "{sum}s of lag over {count} probes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_probe_permit_counts_as_lag() {
+    // One permit and ten instances whose probes hang to the 500 ms timeout:
+    // two probes a second can run, so most wait, and skip ticks.
+    let names: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let config = fake_config(&refs, Duration::from_millis(500), 2, 3);
+    let metrics = crate::metrics::Metrics::new();
+    let probe = FakeProbe::new(Act::Hang);
+    let (checker, _rx) = Checker::with_probes(&config, vec![("web".into(), probe.clone())], 7)
+        .expect("every service has a probe");
+    let checker = checker
+        .with_max_concurrent_probes(1)
+        .with_metrics(metrics.clone());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(checker.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Read before stopping: a stop lets the queued probes take the freed
+    // permit one after another, each dropped at once, which is no schedule.
+    let (count, sum) = lag_count_and_sum(&metrics);
+    let started = probe.start_count() as f64;
+    stop(cancel, handle).await;
+
+    assert_eq!(count, started, "one lag per probe started");
+    // 10 s at 500 ms a probe: about 20 probes, the schedule asked for 100.
+    assert!((19.0..=21.0).contains(&count), "{count} probes");
+    // Each probe waits for up to nine others ahead of it in the queue.
+    assert!(sum / count >= 0.5, "mean lag {}s", sum / count);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_probe_delays_no_other_instance() {
     let config = fake_config(&["fast", "slow"], Duration::from_millis(500), 2, 2);
