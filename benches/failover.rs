@@ -14,7 +14,10 @@
 //! It exits 1 only when it cannot measure: a node that does not start, or a
 //! step that takes longer than [`STEP_DEADLINE`] (a hang, reported with every
 //! node's log tail). `HIGHLANDER_BENCH_TRIALS` sets the number of trials of
-//! each kind (default 20). Progress goes to stderr, the table to stdout.
+//! each kind (default 20; `--smoke`, for CI, runs 2). Progress goes to
+//! stderr, the markdown table to stdout.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,8 +32,12 @@ use highlander::local_cluster::{
 use highlander::model::Verdict;
 use tokio_util::sync::CancellationToken;
 
+use common::{markdown_table, ms, percentile};
+
 /// Trials of each kind unless `HIGHLANDER_BENCH_TRIALS` says otherwise.
 const DEFAULT_TRIALS: usize = 20;
+/// Trials of each kind in a `--smoke` run: enough to exercise each path.
+const SMOKE_TRIALS: usize = 2;
 /// The longest any one step may take (a leader change, a failover, a node
 /// rejoining, an instance turning up) before the run is abandoned as hung.
 const STEP_DEADLINE: Duration = Duration::from_secs(15);
@@ -54,9 +61,15 @@ const COMMIT_ALLOWANCE: Duration = Duration::from_millis(100);
 const ZONE: &str = "svc.bench.";
 const SERVICE: &str = "app";
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    match run().await {
+fn main() -> ExitCode {
+    let runtime = match common::runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("failover benchmark abandoned: {e:?}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("failover benchmark abandoned: {e:?}");
@@ -86,8 +99,12 @@ async fn run() -> Result<()> {
     })
 }
 
-/// `HIGHLANDER_BENCH_TRIALS`, or [`DEFAULT_TRIALS`].
+/// `HIGHLANDER_BENCH_TRIALS`, or [`SMOKE_TRIALS`] with `--smoke`, or
+/// [`DEFAULT_TRIALS`].
 fn trials() -> Result<usize> {
+    if common::smoke() {
+        return Ok(SMOKE_TRIALS);
+    }
     match std::env::var("HIGHLANDER_BENCH_TRIALS") {
         Ok(v) => match v.trim().parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
@@ -537,39 +554,13 @@ async fn all_answer(cluster: &LocalCluster, ids: &[u64], expected: &ActiveAnswer
 }
 
 /// Polls `check` every [`POLL`] until it returns `Some`, or fails after
-/// `deadline` with the last error it returned. An error does not end the
-/// wait: a node may not answer for a moment.
-async fn until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+/// `deadline`.
+async fn until<T, F, Fut>(deadline: Duration, what: &str, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
-    let start = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if start.elapsed() > deadline {
-            match last_error {
-                Some(e) => bail!("{what}: not within {deadline:?} (last error: {e:#})"),
-                None => bail!("{what}: not within {deadline:?}"),
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The sample at nearest rank `ceil(p/100 × n)` of `sorted`.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+    common::until(deadline, POLL, what, check).await
 }
 
 fn print_report(
@@ -590,14 +581,12 @@ fn print_report(
         human(timings.interval),
         timings.fall
     );
-    println!(
-        "{:<37}{:<9}{:<9}{:<9}{:<9}{:<9}met",
-        "measurement", "trials", "p50", "p99", "max", "goal"
-    );
+    println!();
+    let mut rows = Vec::new();
     for (what, samples, goal) in [
-        ("leader SIGKILL -> new leader", leader_times, LEADER_GOAL),
+        ("leader SIGKILL → new leader", leader_times, LEADER_GOAL),
         (
-            "active SIGKILL -> all nodes answer",
+            "active SIGKILL → all nodes answer",
             failover_times,
             timings.failover_goal(),
         ),
@@ -605,16 +594,32 @@ fn print_report(
         let mut sorted = samples.to_vec();
         sorted.sort_unstable();
         let p99 = percentile(&sorted, 99);
-        println!(
-            "{what:<37}{:<9}{:<9}{:<9}{:<9}{:<9}{}",
-            sorted.len(),
+        rows.push(vec![
+            what.to_owned(),
+            sorted.len().to_string(),
             ms(percentile(&sorted, 50)),
             ms(p99),
-            ms(*sorted.last().expect("at least one trial")),
+            ms(percentile(&sorted, 100)),
             ms(goal),
-            if p99 <= goal { "yes" } else { "no" }
-        );
+            if p99 <= goal { "yes" } else { "no" }.to_owned(),
+        ]);
     }
+    print!(
+        "{}",
+        markdown_table(
+            &[
+                "measurement",
+                "trials",
+                "p50",
+                "p99",
+                "max",
+                "goal (p99)",
+                "met"
+            ],
+            &rows
+        )
+    );
+    println!();
     println!(
         "DNS failures on survivors during leader change: {} of {} queries",
         watch.failures.len(),
