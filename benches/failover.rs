@@ -32,7 +32,7 @@ use highlander::local_cluster::{
 use highlander::model::Verdict;
 use tokio_util::sync::CancellationToken;
 
-use common::{markdown_table, ms, percentile};
+use common::{LATENCY_COLUMNS, latency_cells, markdown_table, ms};
 
 /// Trials of each kind unless `HIGHLANDER_BENCH_TRIALS` says otherwise.
 const DEFAULT_TRIALS: usize = 20;
@@ -62,25 +62,12 @@ const ZONE: &str = "svc.bench.";
 const SERVICE: &str = "app";
 
 fn main() -> ExitCode {
-    let runtime = match common::runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("failover benchmark abandoned: {e:?}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("failover benchmark abandoned: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("failover", false, |_| run())
 }
 
 async fn run() -> Result<()> {
     let started = Instant::now();
-    let trials = trials()?;
+    let trials = common::trials(DEFAULT_TRIALS, SMOKE_TRIALS)?;
     let primary = HttpInstance::start("primary", "127.0.0.1:0".parse()?).await?;
     let backup = HttpInstance::start("backup", "127.0.0.1:0".parse()?).await?;
     // Only what the benchmark needs is written: cluster timings and check
@@ -97,23 +84,6 @@ async fn run() -> Result<()> {
             cluster.log_tails(30)
         ))
     })
-}
-
-/// `HIGHLANDER_BENCH_TRIALS`, or [`SMOKE_TRIALS`] with `--smoke`, or
-/// [`DEFAULT_TRIALS`].
-fn trials() -> Result<usize> {
-    if common::smoke() {
-        return Ok(SMOKE_TRIALS);
-    }
-    match std::env::var("HIGHLANDER_BENCH_TRIALS") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => bail!(
-                "HIGHLANDER_BENCH_TRIALS = {v:?}: expected a whole number of trials, 1 or more"
-            ),
-        },
-        Err(_) => Ok(DEFAULT_TRIALS),
-    }
 }
 
 /// Service `app`: `primary` (priority 1) and `backup` (priority 2), probed
@@ -582,43 +552,24 @@ fn print_report(
         timings.fall
     );
     println!();
-    let mut rows = Vec::new();
-    for (what, samples, goal) in [
+    let rows: Vec<Vec<String>> = [
         ("leader SIGKILL → new leader", leader_times, LEADER_GOAL),
         (
             "active SIGKILL → all nodes answer",
             failover_times,
             timings.failover_goal(),
         ),
-    ] {
-        let mut sorted = samples.to_vec();
-        sorted.sort_unstable();
-        let p99 = percentile(&sorted, 99);
-        rows.push(vec![
-            what.to_owned(),
-            sorted.len().to_string(),
-            ms(percentile(&sorted, 50)),
-            ms(p99),
-            ms(percentile(&sorted, 100)),
-            ms(goal),
-            if p99 <= goal { "yes" } else { "no" }.to_owned(),
-        ]);
-    }
-    print!(
-        "{}",
-        markdown_table(
-            &[
-                "measurement",
-                "trials",
-                "p50",
-                "p99",
-                "max",
-                "goal (p99)",
-                "met"
-            ],
-            &rows
-        )
-    );
+    ]
+    .into_iter()
+    .map(|(what, samples, goal)| {
+        let mut row = vec![what.to_owned()];
+        row.extend(latency_cells(samples, Some(goal)));
+        row
+    })
+    .collect();
+    let mut headers = vec!["measurement"];
+    headers.extend(LATENCY_COLUMNS);
+    print!("{}", markdown_table(&headers, &rows));
     println!();
     println!(
         "DNS failures on survivors during leader change: {} of {} queries",

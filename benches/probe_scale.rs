@@ -97,18 +97,7 @@ impl Plan {
 }
 
 fn main() -> ExitCode {
-    if let Some(code) = common::run_helper_if_asked() {
-        return code;
-    }
-    let private = common::private_network();
-    let result = common::runtime().and_then(|rt| rt.block_on(run(private)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("probe_scale benchmark abandoned: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    common::bench_main("probe_scale", true, run)
 }
 
 /// Which prober.

@@ -35,6 +35,46 @@ pub fn smoke() -> bool {
     std::env::args().skip(1).any(|a| a == "--smoke")
 }
 
+/// Every benchmark's `main`: serves as a helper if started as one; else
+/// moves into a network namespace of its own if `isolate` asks (see
+/// [`private_network`]; `run` is told whether that worked), builds the
+/// runtime and runs `run`. An error means the benchmark could not measure:
+/// it is printed and the exit code is 1.
+pub fn bench_main<F, Fut>(name: &str, isolate: bool, run: F) -> ExitCode
+where
+    F: FnOnce(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    if let Some(code) = run_helper_if_asked() {
+        return code;
+    }
+    let isolated = isolate && private_network();
+    match runtime().and_then(|rt| rt.block_on(run(isolated))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name} benchmark abandoned: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The number of trials of each kind: `HIGHLANDER_BENCH_TRIALS`, or
+/// `smoke_trials` with `--smoke`, or `default`.
+pub fn trials(default: usize, smoke_trials: usize) -> Result<usize> {
+    if smoke() {
+        return Ok(smoke_trials);
+    }
+    match std::env::var("HIGHLANDER_BENCH_TRIALS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!(
+                "HIGHLANDER_BENCH_TRIALS = {v:?}: expected a whole number of trials, 1 or more"
+            ),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
 /// The runtime every benchmark's measuring side runs on: two workers, as
 /// many as the machine has cores.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -99,6 +139,29 @@ pub fn median(values: &[f64]) -> f64 {
 /// Whole milliseconds, `"1234ms"`.
 pub fn ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
+}
+
+/// The columns [`latency_cells`] fills, after a row's own first ones.
+pub const LATENCY_COLUMNS: [&str; 6] = ["trials", "p50", "p99", "max", "goal (p99)", "met"];
+
+/// A latency row's cells for [`LATENCY_COLUMNS`]: nearest-rank p50 and p99
+/// of `samples`, the max, the goal and whether p99 met it ("—" without a
+/// goal).
+///
+/// # Panics
+/// If `samples` is empty.
+pub fn latency_cells(samples: &[Duration], goal: Option<Duration>) -> Vec<String> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let p99 = percentile(&sorted, 99);
+    vec![
+        sorted.len().to_string(),
+        ms(percentile(&sorted, 50)),
+        ms(p99),
+        ms(percentile(&sorted, 100)),
+        goal.map_or("—".into(), ms),
+        goal.map_or("—".into(), |g| if p99 <= g { "yes" } else { "no" }.into()),
+    ]
 }
 
 /// A markdown table: a header row, the separator, one line per row.
