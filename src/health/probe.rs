@@ -5,6 +5,8 @@
 //! whose detail says what a person would want to see in the status page.
 
 use std::error::Error as _;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, lookup_host};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -172,23 +174,88 @@ impl Probe for HttpProbe {
 
 /// Healthy when a TCP connection opens. Host names are resolved on every
 /// probe, so a moved instance is followed.
+///
+/// As HAProxy's TCP check does, the connection is reset as soon as the
+/// instance's SYN-ACK arrives, before the last ACK of the handshake is
+/// sent: the kernel answering is what the check asks (something listens),
+/// so the instance's application never accepts a connection it would only
+/// see closed, neither side keeps a TIME_WAIT entry, and each probe costs
+/// three packets instead of seven. At 10,000 instances a second that is
+/// most of a TCP check's cost.
 struct TcpProbe {
     timeout: Duration,
 }
 
+impl TcpProbe {
+    async fn check(&self, address: &str) -> Result<String, String> {
+        let mut last = None;
+        for addr in lookup_host(address)
+            .await
+            .map_err(|e| describe_io_error(&e))?
+        {
+            match open_and_reset(addr).await {
+                Ok(()) => return Ok(format!("connected to {addr}")),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(
+            || format!("{address} resolves to no address"),
+            |e| describe_io_error(&e),
+        ))
+    }
+}
+
 impl Probe for TcpProbe {
     fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
-        bounded(self.timeout, async move {
-            // `connect` resolves names with tokio's lookup and tries each address.
-            let stream = TcpStream::connect(instance.address.as_str())
-                .await
-                .map_err(|e| describe_io_error(&e))?;
-            Ok(match stream.peer_addr() {
-                Ok(peer) => format!("connected to {peer}"),
-                Err(_) => "connected".to_owned(),
-            })
-        })
-        .boxed()
+        bounded(self.timeout, self.check(&instance.address)).boxed()
+    }
+}
+
+/// Opens a TCP connection to `addr` and resets it at once (see
+/// [`TcpProbe`]): `Ok` if the handshake got its SYN-ACK.
+async fn open_and_reset(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let fd = socket.as_raw_fd();
+    // Linger 0: closing sends RST, with no FIN exchange and no TIME_WAIT.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
+    // Delayed ACK from the start: the kernel holds the handshake's last ACK
+    // back (up to 200 ms) for data that never comes, and the reset below
+    // goes first, so the instance's listener never queues the connection.
+    // Only an optimisation: if it cannot be set, the probe is still right.
+    let _ = setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_QUICKACK,
+        &0 as &libc::c_int,
+    );
+    let stream = socket.connect(addr).await?;
+    drop(stream);
+    Ok(())
+}
+
+/// `setsockopt(2)` with a typed value.
+fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: `value` points to a live `T` of `len` bytes for the length of
+    // the call, and `fd` is an open socket its owner keeps open meanwhile.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -533,6 +533,20 @@ async fn tcp_open_port_is_healthy() {
 }
 
 #[tokio::test]
+async fn tcp_probe_resets_before_the_instance_accepts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    for _ in 0..3 {
+        let report = probe_once(CheckKind::Tcp, TIMEOUT, &addr.to_string()).await;
+        assert!(report.ok, "{report:?}");
+    }
+    // The handshake's last ACK was held back and the reset went first, so
+    // the listener never queued a connection for the instance to accept.
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(accepted.is_err(), "the instance accepted {accepted:?}");
+}
+
+#[tokio::test]
 async fn tcp_resolves_host_names() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("local addr").port();
