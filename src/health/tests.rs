@@ -492,6 +492,61 @@ async fn http_opens_a_new_connection_for_every_probe() {
     assert_eq!(server.connections.load(Ordering::SeqCst), 3);
 }
 
+/// A server that answers its first connection's request with `raw` bytes
+/// and closes: for answers the usual test server cannot give.
+async fn raw_server(raw: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(raw).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_skips_an_interim_response() {
+    let addr = raw_server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await;
+    let kind = CheckKind::Http {
+        https: false,
+        path: "/".into(),
+        host: None,
+        expect_status: StatusMatcher::single(204),
+        body_contains: None,
+    };
+    let report = probe_once(kind, TIMEOUT, &addr.to_string()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.detail, "HTTP 204");
+}
+
+#[tokio::test]
+async fn http_fails_on_what_is_not_http() {
+    let addr = raw_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    let report = probe_once(http("/"), TIMEOUT, &addr.to_string()).await;
+    assert!(!report.ok);
+    assert_eq!(
+        report.detail,
+        "not an HTTP response: \"SSH-2.0-OpenSSH_9.2\""
+    );
+}
+
+#[tokio::test]
+async fn http_fails_on_a_connection_closed_without_an_answer() {
+    let addr = raw_server(b"").await;
+    let report = probe_once(http("/"), TIMEOUT, &addr.to_string()).await;
+    assert!(!report.ok);
+    assert_eq!(report.detail, "connection closed without a response");
+}
+
 #[tokio::test]
 async fn http_connection_refused() {
     let addr = closed_port().await;
