@@ -13,7 +13,11 @@
 //! rise 2 fall 3`, `timeout check 500ms`, `option httpchk GET /health` for
 //! the HTTP ones, `nbthread 1`, also pinned to core 0.
 //!
-//! After a warm-up, each system is measured over a fixed window:
+//! Both run at nice -10, as does the endpoint server, so that other work on
+//! the machine (it is shared) takes little of their cores. highlander is
+//! measured once it is steady: every service decided and every instance up
+//! (the time that takes is printed), then after a warm-up; HAProxy after
+//! the same warm-up. Each is then measured over a fixed window:
 //!
 //! - probes: connections opened in the window (`Tcp: ActiveOpens`; the
 //!   benchmark runs in a network namespace of its own, so only its own
@@ -63,6 +67,12 @@ const ENDPOINT_CPU: usize = 1;
 /// Where the HTTP and the TCP endpoints' addresses begin.
 const HTTP_BASE: Ipv4Addr = Ipv4Addr::new(127, 20, 0, 1);
 const TCP_BASE: Ipv4Addr = Ipv4Addr::new(127, 21, 0, 1);
+/// The nice value of the prober and the endpoint server (see
+/// `common::renice`).
+const NICE: i32 = -10;
+/// How long a highlander node may take to reach steady state: every
+/// service decided and every instance up.
+const STEADY_DEADLINE: Duration = Duration::from_secs(240);
 /// The goals issue 8 set.
 const LAG_GOAL: Duration = Duration::from_millis(50);
 const RSS_GOAL_BYTES: u64 = 100 * 1024 * 1024;
@@ -159,6 +169,7 @@ async fn run(private: bool) -> Result<()> {
             },
         ];
         let endpoints = Endpoints::start(&ranges, Some(&[ENDPOINT_CPU]))?;
+        common::renice(endpoints.pid(), NICE);
         eprintln!(
             "{scale} endpoints up on port {port} (endpoint server pid {})",
             endpoints.pid()
@@ -276,7 +287,7 @@ async fn run(private: bool) -> Result<()> {
     );
     println!();
     println!(
-        "Half HTTP, half TCP endpoints on loopback, one endpoint server pinned to core {ENDPOINT_CPU}; the prober pinned to core {PROBER_CPU}. Interval 1 s, timeout 500 ms, rise 2, fall 3 for both; highlander as a single-node cluster, one service per {PER_SERVICE} instances. Medians of {} rounds of a {} s window after {} s of warm-up, the systems alternating; the CPU ratio is the median of each round's ratio. Probes are the connections opened (Tcp: ActiveOpens of the benchmark's own network namespace); CPU is utime + stime from /proc/PID/stat; RSS is VmRSS at the end of the window; lag is highlander's highlander_probe_lag_seconds (upper bound of the p99 bucket); gap is the time between two connections to one HTTP endpoint, seen by the endpoint server (interval plus lateness).",
+        "Half HTTP, half TCP endpoints on loopback, one endpoint server pinned to core {ENDPOINT_CPU}; the prober pinned to core {PROBER_CPU}; all three at nice {NICE}. Interval 1 s, timeout 500 ms, rise 2, fall 3 for both; highlander as a single-node cluster, one service per {PER_SERVICE} instances. Medians of {} rounds of a {} s window after {} s of warm-up (highlander's counted from when it is steady: every service decided, every instance up), the systems alternating; the CPU ratio is the median of each round's ratio. Probes are the connections opened (Tcp: ActiveOpens of the benchmark's own network namespace); CPU is utime + stime from /proc/PID/stat; RSS is VmRSS at the end of the window; lag is highlander's highlander_probe_lag_seconds (upper bound of the p99 bucket); gap is the time between two connections to one HTTP endpoint, seen by the endpoint server (interval plus lateness).",
         plan.reps,
         plan.window.as_secs(),
         plan.warmup.as_secs()
@@ -369,6 +380,31 @@ async fn measure_highlander(
     spec.cpus = Some(vec![PROBER_CPU]);
     let cluster = LocalCluster::start(binary, spec)?;
     let pid = cluster.pid(1).context("the node is not running")?;
+    common::renice(pid, NICE);
+    let began = Instant::now();
+    let steady = common::until(
+        STEADY_DEADLINE,
+        Duration::from_secs(1),
+        "every service decided and every instance up",
+        || async {
+            let status = cluster.status(1).await?;
+            let steady = status.services.iter().all(|s| {
+                s.active.is_some()
+                    && s.instances
+                        .iter()
+                        .all(|i| i.health.get(&1) == Some(&highlander::model::Verdict::Up))
+            });
+            Ok(steady.then_some(()))
+        },
+    )
+    .await;
+    if let Err(e) = steady {
+        bail!("{e:#}; node log:\n{}", cluster.log_tails(20));
+    }
+    eprintln!(
+        "  highlander steady (every service decided, every instance up) after {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
     let metrics_url = format!("http://{}/metrics", cluster.api_addr(1));
     let http = reqwest::Client::builder().no_proxy().build()?;
     let scrape = || async {
@@ -382,6 +418,7 @@ async fn measure_highlander(
             .context("read /metrics")
     };
     tokio::time::sleep(plan.warmup).await;
+    common::renice(pid, NICE);
     let before_metrics = scrape().await?;
     let (sample, _) = window(pid, endpoints, plan.window).await?;
     let after_metrics = scrape().await?;
@@ -433,6 +470,7 @@ async fn measure_haproxy(
         .stdout(Stdio::null())
         .stderr(log);
     let mut process = Guarded::spawn("HAProxy", command, Some(&[PROBER_CPU]))?;
+    common::renice(process.pid(), NICE);
     tokio::time::sleep(plan.warmup).await;
     if let Some(status) = process.exited() {
         bail!(
