@@ -193,9 +193,9 @@ impl HttpProbe {
     }
 
     async fn check_plain(&self, instance: &InstanceConfig) -> Result<String, String> {
-        let mut stream = TcpStream::connect(instance.address.as_str())
-            .await
-            .map_err(|e| describe_io_error(&e))?;
+        // Reset once the status is read, as HAProxy's HTTP checks end: the
+        // answer is in, and neither side keeps a TIME_WAIT entry.
+        let (mut stream, _) = connect_for_check(&instance.address).await?;
         let host = self.host.as_deref().unwrap_or(&instance.address);
         let request = format!(
             "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {USER_AGENT}\r\naccept: */*\r\nconnection: close\r\n\r\n",
@@ -276,31 +276,20 @@ impl Probe for HttpProbe {
 ///
 /// As HAProxy's TCP check does, the connection is reset as soon as the
 /// instance's SYN-ACK arrives, before the last ACK of the handshake is
-/// sent: the kernel answering is what the check asks (something listens),
-/// so the instance's application never accepts a connection it would only
-/// see closed, neither side keeps a TIME_WAIT entry, and each probe costs
-/// three packets instead of seven. At 10,000 instances a second that is
-/// most of a TCP check's cost.
+/// sent (see [`connect_for_check`]): the kernel answering is what the check
+/// asks (something listens), so the instance's application never accepts a
+/// connection it would only see closed, neither side keeps a TIME_WAIT
+/// entry, and each probe costs three packets instead of seven. At 10,000
+/// instances a second that is most of a TCP check's cost.
 struct TcpProbe {
     timeout: Duration,
 }
 
 impl TcpProbe {
     async fn check(&self, address: &str) -> Result<String, String> {
-        let mut last = None;
-        for addr in lookup_host(address)
-            .await
-            .map_err(|e| describe_io_error(&e))?
-        {
-            match open_and_reset(addr).await {
-                Ok(()) => return Ok(format!("connected to {addr}")),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map_or_else(
-            || format!("{address} resolves to no address"),
-            |e| describe_io_error(&e),
-        ))
+        // Dropped at once: the reset described above.
+        let (_stream, addr) = connect_for_check(address).await?;
+        Ok(format!("connected to {addr}"))
     }
 }
 
@@ -310,34 +299,51 @@ impl Probe for TcpProbe {
     }
 }
 
-/// Opens a TCP connection to `addr` and resets it at once (see
-/// [`TcpProbe`]): `Ok` if the handshake got its SYN-ACK.
-async fn open_and_reset(addr: SocketAddr) -> std::io::Result<()> {
+/// Connects to `address` (resolved on every call, each address tried in
+/// turn) on a socket made for a check: closing it sends RST, with no FIN
+/// exchange and no TIME_WAIT entry on either side, as HAProxy's checks
+/// close; and the handshake's last ACK is held back, to ride on the first
+/// data sent or, if none is, to be overtaken by that RST, so that a TCP
+/// check's connection never reaches the instance's accept queue.
+async fn connect_for_check(address: &str) -> Result<(TcpStream, SocketAddr), String> {
+    let mut last = None;
+    for addr in lookup_host(address)
+        .await
+        .map_err(|e| describe_io_error(&e))?
+    {
+        match connect_resetting(addr).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || format!("{address} resolves to no address"),
+        |e| describe_io_error(&e),
+    ))
+}
+
+/// One connection attempt for [`connect_for_check`].
+async fn connect_resetting(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     let fd = socket.as_raw_fd();
-    // Linger 0: closing sends RST, with no FIN exchange and no TIME_WAIT.
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
-    // Delayed ACK from the start: the kernel holds the handshake's last ACK
-    // back (up to 200 ms) for data that never comes, and the reset below
-    // goes first, so the instance's listener never queues the connection.
-    // Only an optimisation: if it cannot be set, the probe is still right.
+    // Only an optimisation (the kernel delays the ACK for up to 200 ms): if
+    // it cannot be set, the check is still right.
     let _ = setsockopt(
         fd,
         libc::IPPROTO_TCP,
         libc::TCP_QUICKACK,
         &0 as &libc::c_int,
     );
-    let stream = socket.connect(addr).await?;
-    drop(stream);
-    Ok(())
+    socket.connect(addr).await
 }
 
 /// `setsockopt(2)` with a typed value.
