@@ -14,10 +14,11 @@
 //! the HTTP ones, `nbthread 1`, also pinned to core 0.
 //!
 //! Both run at nice -10, as does the endpoint server, so that other work on
-//! the machine (it is shared) takes little of their cores. highlander is
-//! measured once it is steady: every service decided and every instance up
-//! (the time that takes is printed), then after a warm-up; HAProxy after
-//! the same warm-up. Each is then measured over a fixed window:
+//! the machine (it is shared) takes little of their cores. The highlander
+//! node is started once per scale and measured once it is steady: every
+//! service decided and every instance up (the time that takes is printed);
+//! it is frozen with SIGSTOP while HAProxy runs. Each round, each system
+//! gets a warm-up and is then measured over a fixed window:
 //!
 //! - probes: connections opened in the window (`Tcp: ActiveOpens`; the
 //!   benchmark runs in a network namespace of its own, so only its own
@@ -176,8 +177,13 @@ async fn run(private: bool) -> Result<()> {
         );
         let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
         let mut ratios = Vec::new();
+        let mut node = Node::start(binary, &ranges)
+            .await
+            .with_context(|| format!("highlander, {scale} instances"))?;
+        node.cluster.pause(1);
         for rep in 1..=plan.reps {
-            let hl = measure_highlander(binary, &endpoints, &ranges, &plan)
+            let hl = node
+                .measure(&endpoints, &plan)
                 .await
                 .with_context(|| format!("highlander, {scale} instances, round {rep}"))?;
             let ha = measure_haproxy(&haproxy, &endpoints, &ranges, &plan)
@@ -258,6 +264,7 @@ async fn run(private: bool) -> Result<()> {
                 ]);
             }
         }
+        drop(node);
         drop(endpoints);
     }
     println!();
@@ -369,46 +376,56 @@ fn haproxy_cfg(ranges: &[EndpointRange]) -> String {
     cfg
 }
 
-async fn measure_highlander(
-    binary: &Path,
-    endpoints: &Endpoints,
-    ranges: &[EndpointRange],
-    plan: &Plan,
-) -> Result<Sample> {
-    let mut spec = ClusterSpec::new(1, ZONE, &services_toml(ranges));
-    spec.die_with_parent = true;
-    spec.cpus = Some(vec![PROBER_CPU]);
-    let cluster = LocalCluster::start(binary, spec)?;
-    let pid = cluster.pid(1).context("the node is not running")?;
-    common::renice(pid, NICE);
-    let began = Instant::now();
-    let steady = common::until(
-        STEADY_DEADLINE,
-        Duration::from_secs(1),
-        "every service decided and every instance up",
-        || async {
-            let status = cluster.status(1).await?;
-            let steady = status.services.iter().all(|s| {
-                s.active.is_some()
-                    && s.instances
-                        .iter()
-                        .all(|i| i.health.get(&1) == Some(&highlander::model::Verdict::Up))
-            });
-            Ok(steady.then_some(()))
-        },
-    )
-    .await;
-    if let Err(e) = steady {
-        bail!("{e:#}; node log:\n{}", cluster.log_tails(20));
+/// A highlander node probing the endpoints; started once per scale and
+/// frozen (SIGSTOP) while HAProxy is measured, since reaching steady state
+/// at 10,000 instances takes minutes.
+struct Node {
+    cluster: LocalCluster,
+    pid: u32,
+    http: reqwest::Client,
+}
+
+impl Node {
+    /// Starts the node and waits until it is steady.
+    async fn start(binary: &Path, ranges: &[EndpointRange]) -> Result<Node> {
+        let mut spec = ClusterSpec::new(1, ZONE, &services_toml(ranges));
+        spec.die_with_parent = true;
+        spec.cpus = Some(vec![PROBER_CPU]);
+        let cluster = LocalCluster::start(binary, spec)?;
+        let pid = cluster.pid(1).context("the node is not running")?;
+        common::renice(pid, NICE);
+        let began = Instant::now();
+        let steady = common::until(
+            STEADY_DEADLINE,
+            Duration::from_secs(1),
+            "every service decided and every instance up",
+            || async {
+                let status = cluster.status(1).await?;
+                let steady = status.services.iter().all(|s| {
+                    s.active.is_some()
+                        && s.instances
+                            .iter()
+                            .all(|i| i.health.get(&1) == Some(&highlander::model::Verdict::Up))
+                });
+                Ok(steady.then_some(()))
+            },
+        )
+        .await;
+        if let Err(e) = steady {
+            bail!("{e:#}; node log:\n{}", cluster.log_tails(20));
+        }
+        eprintln!(
+            "  highlander steady (every service decided, every instance up) after {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+        let http = reqwest::Client::builder().no_proxy().build()?;
+        Ok(Node { cluster, pid, http })
     }
-    eprintln!(
-        "  highlander steady (every service decided, every instance up) after {:.1} s",
-        began.elapsed().as_secs_f64()
-    );
-    let metrics_url = format!("http://{}/metrics", cluster.api_addr(1));
-    let http = reqwest::Client::builder().no_proxy().build()?;
-    let scrape = || async {
-        http.get(&metrics_url)
+
+    async fn metrics(&self) -> Result<String> {
+        let url = format!("http://{}/metrics", self.cluster.api_addr(1));
+        self.http
+            .get(&url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -416,33 +433,52 @@ async fn measure_highlander(
             .text()
             .await
             .context("read /metrics")
-    };
-    tokio::time::sleep(plan.warmup).await;
-    common::renice(pid, NICE);
-    let before_metrics = scrape().await?;
-    let (sample, _) = window(pid, endpoints, plan.window).await?;
-    let after_metrics = scrape().await?;
-    let lag = histogram_percentile(
-        &histogram_buckets(&before_metrics, "highlander_probe_lag_seconds"),
-        &histogram_buckets(&after_metrics, "highlander_probe_lag_seconds"),
-        99.0,
-    );
-    let own = metric_sum(&after_metrics, "highlander_probe_duration_seconds_count")
-        - metric_sum(&before_metrics, "highlander_probe_duration_seconds_count");
-    eprintln!(
-        "  highlander counted {own:.0} probes of its own over the window (the endpoints accepted {:.0})",
-        sample.probes_per_s * plan.window.as_secs_f64()
-    );
-    if lag.is_none() {
-        bail!(
-            "no probe lag recorded over the window; node log:\n{}",
-            cluster.log_tails(20)
-        );
     }
-    Ok(Sample {
-        lag_p99: lag,
-        ..sample
-    })
+
+    /// Lets the node run again, warms up, measures one window, and freezes
+    /// it again.
+    async fn measure(&mut self, endpoints: &Endpoints, plan: &Plan) -> Result<Sample> {
+        self.cluster.resume(1);
+        tokio::time::sleep(plan.warmup).await;
+        // Threads started since the last call run at the default priority.
+        common::renice(self.pid, NICE);
+        let before = self.metrics().await?;
+        let (sample, _) = window(self.pid, endpoints, plan.window).await?;
+        let after = self.metrics().await?;
+        self.cluster.pause(1);
+        let family = "highlander_probe_lag_seconds";
+        let (lag_before, lag_after) = (
+            histogram_buckets(&before, family),
+            histogram_buckets(&after, family),
+        );
+        let lag = histogram_percentile(&lag_before, &lag_after, 99.0);
+        let own = metric_sum(&after, "highlander_probe_duration_seconds_count")
+            - metric_sum(&before, "highlander_probe_duration_seconds_count");
+        let spread: Vec<String> = lag_after
+            .iter()
+            .map(|(le, n)| {
+                format!(
+                    "≤{}s: {:.0}",
+                    f64::from_bits(*le),
+                    n - lag_before.get(le).copied().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        eprintln!(
+            "  highlander started {own:.0} probes over the window; lag (cumulative) {}",
+            spread.join(", ")
+        );
+        if lag.is_none() {
+            bail!(
+                "no probe lag recorded over the window; node log:\n{}",
+                self.cluster.log_tails(20)
+            );
+        }
+        Ok(Sample {
+            lag_p99: lag,
+            ..sample
+        })
+    }
 }
 
 async fn measure_haproxy(
