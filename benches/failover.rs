@@ -14,7 +14,10 @@
 //! It exits 1 only when it cannot measure: a node that does not start, or a
 //! step that takes longer than [`STEP_DEADLINE`] (a hang, reported with every
 //! node's log tail). `HIGHLANDER_BENCH_TRIALS` sets the number of trials of
-//! each kind (default 20). Progress goes to stderr, the table to stdout.
+//! each kind (default 20; `--smoke`, for CI, runs 2). Progress goes to
+//! stderr, the markdown table to stdout.
+
+mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,8 +32,12 @@ use highlander::local_cluster::{
 use highlander::model::Verdict;
 use tokio_util::sync::CancellationToken;
 
+use common::{LATENCY_COLUMNS, latency_cells, markdown_table, ms};
+
 /// Trials of each kind unless `HIGHLANDER_BENCH_TRIALS` says otherwise.
 const DEFAULT_TRIALS: usize = 20;
+/// Trials of each kind in a `--smoke` run: enough to exercise each path.
+const SMOKE_TRIALS: usize = 2;
 /// The longest any one step may take (a leader change, a failover, a node
 /// rejoining, an instance turning up) before the run is abandoned as hung.
 const STEP_DEADLINE: Duration = Duration::from_secs(15);
@@ -54,20 +61,13 @@ const COMMIT_ALLOWANCE: Duration = Duration::from_millis(100);
 const ZONE: &str = "svc.bench.";
 const SERVICE: &str = "app";
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> ExitCode {
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("failover benchmark abandoned: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+fn main() -> ExitCode {
+    common::bench_main("failover", false, |_| run())
 }
 
 async fn run() -> Result<()> {
     let started = Instant::now();
-    let trials = trials()?;
+    let trials = common::trials(DEFAULT_TRIALS, SMOKE_TRIALS)?;
     let primary = HttpInstance::start("primary", "127.0.0.1:0".parse()?).await?;
     let backup = HttpInstance::start("backup", "127.0.0.1:0".parse()?).await?;
     // Only what the benchmark needs is written: cluster timings and check
@@ -84,19 +84,6 @@ async fn run() -> Result<()> {
             cluster.log_tails(30)
         ))
     })
-}
-
-/// `HIGHLANDER_BENCH_TRIALS`, or [`DEFAULT_TRIALS`].
-fn trials() -> Result<usize> {
-    match std::env::var("HIGHLANDER_BENCH_TRIALS") {
-        Ok(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => bail!(
-                "HIGHLANDER_BENCH_TRIALS = {v:?}: expected a whole number of trials, 1 or more"
-            ),
-        },
-        Err(_) => Ok(DEFAULT_TRIALS),
-    }
 }
 
 /// Service `app`: `primary` (priority 1) and `backup` (priority 2), probed
@@ -537,39 +524,13 @@ async fn all_answer(cluster: &LocalCluster, ids: &[u64], expected: &ActiveAnswer
 }
 
 /// Polls `check` every [`POLL`] until it returns `Some`, or fails after
-/// `deadline` with the last error it returned. An error does not end the
-/// wait: a node may not answer for a moment.
-async fn until<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> Result<T>
+/// `deadline`.
+async fn until<T, F, Fut>(deadline: Duration, what: &str, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
-    let start = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check().await {
-            Ok(Some(value)) => return Ok(value),
-            Ok(None) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if start.elapsed() > deadline {
-            match last_error {
-                Some(e) => bail!("{what}: not within {deadline:?} (last error: {e:#})"),
-                None => bail!("{what}: not within {deadline:?}"),
-            }
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// The sample at nearest rank `ceil(p/100 × n)` of `sorted`.
-fn percentile(sorted: &[Duration], p: usize) -> Duration {
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
+    common::until(deadline, POLL, what, check).await
 }
 
 fn print_report(
@@ -590,31 +551,26 @@ fn print_report(
         human(timings.interval),
         timings.fall
     );
-    println!(
-        "{:<37}{:<9}{:<9}{:<9}{:<9}{:<9}met",
-        "measurement", "trials", "p50", "p99", "max", "goal"
-    );
-    for (what, samples, goal) in [
-        ("leader SIGKILL -> new leader", leader_times, LEADER_GOAL),
+    println!();
+    let rows: Vec<Vec<String>> = [
+        ("leader SIGKILL → new leader", leader_times, LEADER_GOAL),
         (
-            "active SIGKILL -> all nodes answer",
+            "active SIGKILL → all nodes answer",
             failover_times,
             timings.failover_goal(),
         ),
-    ] {
-        let mut sorted = samples.to_vec();
-        sorted.sort_unstable();
-        let p99 = percentile(&sorted, 99);
-        println!(
-            "{what:<37}{:<9}{:<9}{:<9}{:<9}{:<9}{}",
-            sorted.len(),
-            ms(percentile(&sorted, 50)),
-            ms(p99),
-            ms(*sorted.last().expect("at least one trial")),
-            ms(goal),
-            if p99 <= goal { "yes" } else { "no" }
-        );
-    }
+    ]
+    .into_iter()
+    .map(|(what, samples, goal)| {
+        let mut row = vec![what.to_owned()];
+        row.extend(latency_cells(samples, Some(goal)));
+        row
+    })
+    .collect();
+    let mut headers = vec!["measurement"];
+    headers.extend(LATENCY_COLUMNS);
+    print!("{}", markdown_table(&headers, &rows));
+    println!();
     println!(
         "DNS failures on survivors during leader change: {} of {} queries",
         watch.failures.len(),

@@ -94,6 +94,10 @@ pub struct ClusterSpec {
     /// one thread living as long as the cluster (`highlander demo` does):
     /// a node spawned from a short-lived thread would die with it.
     pub die_with_parent: bool,
+    /// Run every node on these CPUs only (as `taskset -c` would), so a
+    /// benchmark can keep a node and its load generator on separate cores;
+    /// `None` leaves the scheduler free.
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl ClusterSpec {
@@ -108,6 +112,7 @@ impl ClusterSpec {
             secret: None,
             log_filter: None,
             die_with_parent: false,
+            cpus: None,
         }
     }
 }
@@ -196,6 +201,8 @@ pub struct LocalCluster {
     log_filter: Option<String>,
     /// [`ClusterSpec::die_with_parent`], applied to every spawn.
     die_with_parent: bool,
+    /// [`ClusterSpec::cpus`], applied to every spawn.
+    cpus: Option<Vec<usize>>,
     /// The config rendered for a given secret file, for variants.
     config_template: ConfigTemplate,
     config: PathBuf,
@@ -280,6 +287,7 @@ impl LocalCluster {
             binary: binary.to_owned(),
             log_filter: spec.log_filter.clone(),
             die_with_parent: spec.die_with_parent,
+            cpus: spec.cpus.clone(),
             config_template: template,
             nodes: ids
                 .iter()
@@ -536,6 +544,7 @@ impl LocalCluster {
         let binary = self.binary.clone();
         let filter = self.log_filter.clone();
         let die_with_parent = self.die_with_parent;
+        let cpus = self.cpus.clone();
         let cwd = self.dir.path().to_owned();
         let node = self.node_mut(id);
         if node.child.is_some() {
@@ -567,6 +576,9 @@ impl LocalCluster {
         };
         if die_with_parent {
             die_with_parent_thread(&mut command);
+        }
+        if let Some(cpus) = &cpus {
+            pin_to_cpus(&mut command, cpus);
         }
         let child = command.spawn().map_err(LocalClusterError::io(format!(
             "start node {id} ({})",
@@ -928,8 +940,10 @@ fn random_secret() -> String {
 }
 
 /// Makes the child `command` starts receive SIGKILL when the spawning
-/// thread exits, including when its process is killed with SIGKILL.
-fn die_with_parent_thread(command: &mut Command) {
+/// thread exits, including when its process is killed with SIGKILL: for
+/// the helpers a benchmark starts (instances, anchors), which must not
+/// outlive it however it ends.
+pub fn die_with_parent_thread(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and calls
@@ -944,6 +958,40 @@ fn die_with_parent_thread(command: &mut Command) {
             // signal would ever come, so die now.
             if u32::try_from(libc::getppid()).ok() != Some(parent) {
                 libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Makes the child `command` starts run on `cpus` only, as `taskset -c`
+/// would: set before exec, so every thread it starts inherits it. A
+/// benchmark pins what it measures and what loads it to different cores,
+/// so neither steals the other's time. CPUs beyond the set's size are
+/// ignored; an empty list leaves the child unpinned.
+pub fn pin_to_cpus(command: &mut Command, cpus: &[usize]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET only writes
+    // inside it, and the index is checked against its size first.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            if cpu < 8 * std::mem::size_of::<libc::cpu_set_t>() {
+                libc::CPU_SET(cpu, &mut set);
+            }
+        }
+        set
+    };
+    if cpus.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only sched_setaffinity, which is async-signal-safe; the set was built
+    // before the fork, so nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });

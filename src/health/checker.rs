@@ -98,7 +98,15 @@ impl Checker {
         Ok((checker, receiver))
     }
 
-    /// Records every probe's duration and failure in `metrics`.
+    /// Bounds concurrent probes at `permits` instead of
+    /// [`MAX_CONCURRENT_PROBES`], so a test can hold probes up with a few.
+    #[cfg(test)]
+    pub(super) fn with_max_concurrent_probes(mut self, permits: usize) -> Self {
+        self.permits = Arc::new(Semaphore::new(permits));
+        self
+    }
+
+    /// Records every probe's duration, failure and scheduling lag in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -174,24 +182,29 @@ impl InstanceTask {
         // skipping, never by probing in a burst.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
-            tokio::select! {
+            let due = tokio::select! {
                 () = cancel.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+                due = ticks.tick() => due,
+            };
             let report = tokio::select! {
                 () = cancel.cancelled() => return,
-                report = self.probe_once() => report,
+                report = self.probe_once(due) => report,
             };
             self.record(&mut hysteresis, report);
         }
     }
 
-    async fn probe_once(&self) -> ProbeReport {
+    /// Probes once, for the tick that was `due`; the wait for a permit and
+    /// a late wake-up both count as this probe's scheduling lag.
+    async fn probe_once(&self, due: Instant) -> ProbeReport {
         // The semaphore is never closed; if it were, probing unbounded is the
         // lesser harm compared to not probing at all.
         let _permit = self.permits.acquire().await.ok();
         let timeout = self.watched.check.timeout;
         let start = Instant::now();
+        if let Some(instruments) = &self.instruments {
+            instruments.probe_started(start.saturating_duration_since(due));
+        }
         // The probe should honour the timeout itself; this bound makes sure a
         // misbehaving one cannot hold the schedule.
         match tokio::time::timeout(timeout, self.watched.probe.probe(&self.watched.instance)).await

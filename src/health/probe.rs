@@ -5,14 +5,16 @@
 //! whose detail says what a person would want to see in the status page.
 
 use std::error::Error as _;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio::process::Command;
 use tokio::time::Instant;
 
@@ -27,6 +29,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// last line reaches the detail; the rest is drained so the program never
 /// blocks on a full pipe.
 pub const MAX_OUTPUT_BYTES: usize = 4 * 1024;
+
+/// What every HTTP check calls itself.
+const USER_AGENT: &str = concat!("highlander/", env!("CARGO_PKG_VERSION"));
+
+/// How much of a response head a plain HTTP check reads before giving up
+/// on finding its end.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// The longest detail line taken from a program's output.
 const MAX_DETAIL_CHARS: usize = 200;
@@ -102,7 +111,7 @@ fn http_client() -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         // HTTP_PROXY in the environment must not route checks elsewhere.
         .no_proxy()
-        .user_agent(concat!("highlander/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
 }
 
@@ -124,6 +133,9 @@ struct HttpProbe {
 
 impl HttpProbe {
     async fn check(&self, instance: &InstanceConfig) -> Result<String, String> {
+        if self.plain_request_fits(instance) {
+            return self.check_plain(instance).await;
+        }
         let url = format!("{}://{}{}", self.scheme, instance.address, self.path);
         let mut request = self.client.get(&url);
         if let Some(host) = &self.host {
@@ -164,6 +176,95 @@ impl HttpProbe {
     }
 }
 
+/// The common check, `http` judged by its status alone, does not need an
+/// HTTP client: one request written on a fresh connection and the status
+/// line of the answer, once its head is complete. At 10,000 checks a second
+/// the client's machinery (URL parsing, a connection pool that holds
+/// nothing, a task per connection) cost more CPU than the check itself, so
+/// this path skips it. HTTPS, a body to search, or a path or Host header
+/// that would need encoding still go through the client.
+impl HttpProbe {
+    fn plain_request_fits(&self, instance: &InstanceConfig) -> bool {
+        let plain = |text: &str| text.bytes().all(|b| b.is_ascii_graphic());
+        self.scheme == "http"
+            && self.body_contains.is_none()
+            && plain(&self.path)
+            && plain(self.host.as_deref().unwrap_or(&instance.address))
+    }
+
+    async fn check_plain(&self, instance: &InstanceConfig) -> Result<String, String> {
+        // Reset once the status is read, as HAProxy's HTTP checks end: the
+        // answer is in, and neither side keeps a TIME_WAIT entry.
+        let (mut stream, _) = connect_for_check(&instance.address).await?;
+        let host = self.host.as_deref().unwrap_or(&instance.address);
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {USER_AGENT}\r\naccept: */*\r\nconnection: close\r\n\r\n",
+            self.path
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| describe_io_error(&e))?;
+        let status = read_status(&mut stream).await?;
+        if !self.expect_status.accepts(status) {
+            return Err(format!("HTTP {status} (expected {})", self.expect_status));
+        }
+        Ok(format!("HTTP {status}"))
+    }
+}
+
+/// Reads response heads from `stream` until a final one (1xx interim
+/// answers are skipped, as a client does) and returns its status.
+async fn read_status(stream: &mut TcpStream) -> Result<u16, String> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            let status = status_of(&head[..end])?;
+            if (100..200).contains(&status) && status != 101 {
+                head.drain(..end + 4);
+                continue;
+            }
+            return Ok(status);
+        }
+        if head.len() >= MAX_HEAD_BYTES {
+            return Err(format!(
+                "no end of the response head in its first {} KiB",
+                MAX_HEAD_BYTES / 1024
+            ));
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) => {
+                return Err(if head.is_empty() {
+                    "connection closed without a response".to_owned()
+                } else {
+                    "connection closed in the middle of the response head".to_owned()
+                });
+            }
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(describe_io_error(&e)),
+        }
+    }
+}
+
+/// The status code of a response head (`HTTP/1.x NNN reason`).
+fn status_of(head: &[u8]) -> Result<u16, String> {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let not_http = || {
+        format!(
+            "not an HTTP response: {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(40)])
+        )
+    };
+    let rest = line.strip_prefix(b"HTTP/1.").ok_or_else(not_http)?;
+    match rest {
+        [b'0' | b'1', b' ', a, b, c, ..] if [a, b, c].iter().all(|d| d.is_ascii_digit()) => {
+            Ok(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => Err(not_http()),
+    }
+}
+
 impl Probe for HttpProbe {
     fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
         bounded(self.timeout, self.check(instance)).boxed()
@@ -172,23 +273,94 @@ impl Probe for HttpProbe {
 
 /// Healthy when a TCP connection opens. Host names are resolved on every
 /// probe, so a moved instance is followed.
+///
+/// As HAProxy's TCP check does, the connection is reset as soon as the
+/// instance's SYN-ACK arrives, before the last ACK of the handshake is
+/// sent (see [`connect_for_check`]): the kernel answering is what the check
+/// asks (something listens), so the instance's application never accepts a
+/// connection it would only see closed, neither side keeps a TIME_WAIT
+/// entry, and each probe costs three packets instead of seven. At 10,000
+/// instances a second that is most of a TCP check's cost.
 struct TcpProbe {
     timeout: Duration,
 }
 
+impl TcpProbe {
+    async fn check(&self, address: &str) -> Result<String, String> {
+        // Dropped at once: the reset described above.
+        let (_stream, addr) = connect_for_check(address).await?;
+        Ok(format!("connected to {addr}"))
+    }
+}
+
 impl Probe for TcpProbe {
     fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
-        bounded(self.timeout, async move {
-            // `connect` resolves names with tokio's lookup and tries each address.
-            let stream = TcpStream::connect(instance.address.as_str())
-                .await
-                .map_err(|e| describe_io_error(&e))?;
-            Ok(match stream.peer_addr() {
-                Ok(peer) => format!("connected to {peer}"),
-                Err(_) => "connected".to_owned(),
-            })
-        })
-        .boxed()
+        bounded(self.timeout, self.check(&instance.address)).boxed()
+    }
+}
+
+/// Connects to `address` (resolved on every call, each address tried in
+/// turn) on a socket made for a check: closing it sends RST, with no FIN
+/// exchange and no TIME_WAIT entry on either side, as HAProxy's checks
+/// close; and the handshake's last ACK is held back, to ride on the first
+/// data sent or, if none is, to be overtaken by that RST, so that a TCP
+/// check's connection never reaches the instance's accept queue.
+async fn connect_for_check(address: &str) -> Result<(TcpStream, SocketAddr), String> {
+    let mut last = None;
+    for addr in lookup_host(address)
+        .await
+        .map_err(|e| describe_io_error(&e))?
+    {
+        match connect_resetting(addr).await {
+            Ok(stream) => return Ok((stream, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(
+        || format!("{address} resolves to no address"),
+        |e| describe_io_error(&e),
+    ))
+}
+
+/// One connection attempt for [`connect_for_check`].
+async fn connect_resetting(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let fd = socket.as_raw_fd();
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
+    // Only an optimisation (the kernel delays the ACK for up to 200 ms): if
+    // it cannot be set, the check is still right.
+    let _ = setsockopt(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_QUICKACK,
+        &0 as &libc::c_int,
+    );
+    socket.connect(addr).await
+}
+
+/// `setsockopt(2)` with a typed value.
+fn setsockopt<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<T>()).unwrap_or(libc::socklen_t::MAX);
+    // SAFETY: `value` points to a live `T` of `len` bytes for the length of
+    // the call, and `fd` is an open socket its owner keeps open meanwhile.
+    let rc = unsafe { libc::setsockopt(fd, level, name, (value as *const T).cast(), len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -496,6 +496,61 @@ async fn http_opens_a_new_connection_for_every_probe() {
     assert_eq!(server.connections.load(Ordering::SeqCst), 3);
 }
 
+/// A server that answers its first connection's request with `raw` bytes
+/// and closes: for answers the usual test server cannot give.
+async fn raw_server(raw: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(raw).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_skips_an_interim_response() {
+    let addr = raw_server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await;
+    let kind = CheckKind::Http {
+        https: false,
+        path: "/".into(),
+        host: None,
+        expect_status: StatusMatcher::single(204),
+        body_contains: None,
+    };
+    let report = probe_once(kind, TIMEOUT, &addr.to_string()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.detail, "HTTP 204");
+}
+
+#[tokio::test]
+async fn http_fails_on_what_is_not_http() {
+    let addr = raw_server(b"SSH-2.0-OpenSSH_9.2\r\n\r\n").await;
+    let report = probe_once(http("/"), TIMEOUT, &addr.to_string()).await;
+    assert!(!report.ok);
+    assert_eq!(
+        report.detail,
+        "not an HTTP response: \"SSH-2.0-OpenSSH_9.2\""
+    );
+}
+
+#[tokio::test]
+async fn http_fails_on_a_connection_closed_without_an_answer() {
+    let addr = raw_server(b"").await;
+    let report = probe_once(http("/"), TIMEOUT, &addr.to_string()).await;
+    assert!(!report.ok);
+    assert_eq!(report.detail, "connection closed without a response");
+}
+
 #[tokio::test]
 async fn http_connection_refused() {
     let addr = closed_port().await;
@@ -534,6 +589,20 @@ async fn tcp_open_port_is_healthy() {
     let report = probe_once(CheckKind::Tcp, TIMEOUT, &addr.to_string()).await;
     assert!(report.ok, "{report:?}");
     assert_eq!(report.detail, format!("connected to {addr}"));
+}
+
+#[tokio::test]
+async fn tcp_probe_resets_before_the_instance_accepts() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    for _ in 0..3 {
+        let report = probe_once(CheckKind::Tcp, TIMEOUT, &addr.to_string()).await;
+        assert!(report.ok, "{report:?}");
+    }
+    // The handshake's last ACK was held back and the reset went first, so
+    // the listener never queued a connection for the instance to accept.
+    let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(accepted.is_err(), "the instance accepted {accepted:?}");
 }
 
 #[tokio::test]
@@ -987,6 +1056,74 @@ async fn checker_with_metrics_records_every_finished_probe() {
     assert!(probes >= 4.0, "{probes} probes");
     assert!(failures >= 2.0, "{failures} failures");
     assert!(seconds >= 1.0, "two timeouts of 500ms take {seconds}s");
+}
+
+/// The count and sum of the node-wide probe lag histogram in `metrics`.
+fn lag_count_and_sum(metrics: &crate::metrics::Metrics) -> (f64, f64) {
+    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let sample = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    (
+        sample("highlander_probe_lag_seconds_count"),
+        sample("highlander_probe_lag_seconds_sum"),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_on_schedule_record_no_lag() {
+    let config = fake_config(&["a", "b", "c"], Duration::from_millis(500), 2, 3);
+    let metrics = crate::metrics::Metrics::new();
+    let probe = FakeProbe::new(Act::Pass);
+    let (checker, _rx) = Checker::with_probes(&config, vec![("web".into(), probe.clone())], 7)
+        .expect("every service has a probe");
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(checker.with_metrics(metrics.clone()).run(cancel.clone()));
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    stop(cancel, handle).await;
+
+    let (count, sum) = lag_count_and_sum(&metrics);
+    assert_eq!(
+        count,
+        probe.start_count() as f64,
+        "one lag per probe started"
+    );
+    assert!(count >= 15.0, "{count} probes");
+    // Tokio's timer rounds each deadline up to the next millisecond, which
+    // is all the lag a probe on schedule can show.
+    assert!(sum <= count * 0.001, "{sum}s of lag over {count} probes");
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_probe_permit_counts_as_lag() {
+    // One permit and ten instances whose probes hang to the 500 ms timeout:
+    // two probes a second can run, so most wait, and skip ticks.
+    let names: Vec<String> = (0..10).map(|i| format!("i{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let config = fake_config(&refs, Duration::from_millis(500), 2, 3);
+    let metrics = crate::metrics::Metrics::new();
+    let probe = FakeProbe::new(Act::Hang);
+    let (checker, _rx) = Checker::with_probes(&config, vec![("web".into(), probe.clone())], 7)
+        .expect("every service has a probe");
+    let checker = checker
+        .with_max_concurrent_probes(1)
+        .with_metrics(metrics.clone());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(checker.run(cancel.clone()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Read before stopping: a stop lets the queued probes take the freed
+    // permit one after another, each dropped at once, which is no schedule.
+    let (count, sum) = lag_count_and_sum(&metrics);
+    let started = probe.start_count() as f64;
+    stop(cancel, handle).await;
+
+    assert_eq!(count, started, "one lag per probe started");
+    // 10 s at 500 ms a probe: about 20 probes, the schedule asked for 100.
+    assert!((19.0..=21.0).contains(&count), "{count} probes");
+    // Each probe waits for up to nine others ahead of it in the queue.
+    assert!(sum / count >= 0.5, "mean lag {}s", sum / count);
 }
 
 #[tokio::test(start_paused = true)]
