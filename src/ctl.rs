@@ -214,7 +214,7 @@ pub async fn status(target: &Target, json: bool) -> Result<String, CtlError> {
             );
         }
     }
-    print_publish(&mut out, &status, unix_now_millis());
+    print_publish(&mut out, &status, crate::cluster::transport::unix_millis());
     Ok(out)
 }
 
@@ -277,12 +277,6 @@ fn print_publish(out: &mut String, status: &Status, now: u64) {
             );
         }
     }
-}
-
-fn unix_now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 async fn change(
