@@ -388,15 +388,19 @@ async fn publish_zone(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_answering = cluster.in_majority();
     loop {
-        tokio::select! {
+        // `changed()` marks the value seen, so it says itself that it fired.
+        let changed = tokio::select! {
             _ = cancel.cancelled() => return,
-            changed = applied.changed() => {
-                if changed.is_err() { return }
-                let state: Arc<AppliedState> = applied.borrow_and_update().clone();
-                zone.send_replace(Arc::new(ZoneView::build(&config, &state, true)));
-            }
-            _ = tick.tick() => {}
+            changed = applied.changed() => if changed.is_err() { return } else { true },
+            _ = tick.tick() => false,
         };
+        // The lease may hold because this node has applied up to the
+        // leader's commit; the view must show what was applied before the
+        // lease is renewed on the strength of it, whichever branch woke us.
+        if changed || applied.has_changed().is_ok_and(|changed| changed) {
+            let state: Arc<AppliedState> = applied.borrow_and_update().clone();
+            zone.send_replace(Arc::new(ZoneView::build(&config, &state, true)));
+        }
         let deadline = cluster.lease_deadline();
         lease.renew(deadline);
         let answering = deadline.is_some();

@@ -22,12 +22,13 @@
 //!   `cluster.lease`.
 
 pub mod auth;
+mod lease;
 pub mod quorum;
 pub mod store;
 pub mod tls;
 pub mod transport;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +42,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::health::LocalHealth;
 use crate::model::{AppliedState, ApplyOutcome, Command, HealthView, Verdict};
+use lease::LeaseClock;
 use quorum::{Observations, QuorumView};
 use transport::{Client, Links, SendError};
 
@@ -120,18 +122,13 @@ struct Inner {
     links: Option<Arc<Links>>,
     /// Every node's latest health verdicts, as reported to this node.
     quorum: Mutex<QuorumView>,
-    /// The last moment this node knew a quorum-holding leader (itself
-    /// included) was in charge; the lease counts from here.
-    last_quorum_contact: Mutex<Option<Instant>>,
+    /// When this node last heard from a quorum-holding leader, and whether
+    /// it has caught up since its lease last lapsed (S3).
+    lease: Mutex<LeaseClock>,
     /// The highest commit index a leader has told this node about.
     known_commit: AtomicU64,
-    /// Whether the lease held at the last check. A node whose lease lapsed
-    /// answers again only once it has applied what the leader committed, so
-    /// it never serves an answer older than the one it last saw lapse.
-    answering: AtomicBool,
     /// How stale the leader's quorum acknowledgement may be while it acts.
     max_ack_age: Duration,
-    lease: Duration,
     /// The store, watched so that shutdown can wait until openraft's tasks
     /// have let go of it (its state-machine worker outlives `Raft::shutdown`).
     db: std::sync::Weak<redb::Database>,
@@ -182,7 +179,7 @@ impl Cluster {
         Ok(Cluster {
             inner: Arc::new(Inner {
                 quorum: Mutex::new(QuorumView::new(&config, id)),
-                lease: c.lease,
+                lease: Mutex::new(LeaseClock::new(c.lease)),
                 config,
                 id,
                 raft,
@@ -190,9 +187,7 @@ impl Cluster {
                 auth,
                 client,
                 links,
-                last_quorum_contact: Mutex::new(None),
                 known_commit: AtomicU64::new(0),
-                answering: AtomicBool::new(false),
                 max_ack_age,
                 db: weak_db,
             }),
@@ -318,25 +313,9 @@ impl Cluster {
         if let Some(contact) = self.leader_quorum_contact() {
             self.touch(contact);
         }
-        let now = Instant::now();
-        let contact = *self
-            .inner
-            .last_quorum_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let deadline = contact.map(|t| t + self.inner.lease).filter(|&d| d > now);
-        let Some(deadline) = deadline else {
-            self.inner.answering.store(false, Ordering::Relaxed);
-            return None;
-        };
-        if !self.inner.answering.load(Ordering::Relaxed) {
-            let applied = self.inner.applied.borrow().index;
-            if applied < self.inner.known_commit.load(Ordering::Relaxed) {
-                return None;
-            }
-            self.inner.answering.store(true, Ordering::Relaxed);
-        }
-        Some(deadline)
+        let caught_up =
+            || self.inner.applied.borrow().index >= self.inner.known_commit.load(Ordering::Relaxed);
+        self.lease().deadline(Instant::now(), caught_up)
     }
 
     /// Whether this node is in contact with a quorum-holding leader within
@@ -347,14 +326,11 @@ impl Cluster {
 
     /// Records contact with a quorum-holding leader at `at`.
     fn touch(&self, at: Instant) {
-        let mut contact = self
-            .inner
-            .last_quorum_contact
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if contact.is_none_or(|c| c < at) {
-            *contact = Some(at);
-        }
+        self.lease().touch(at);
+    }
+
+    fn lease(&self) -> std::sync::MutexGuard<'_, LeaseClock> {
+        self.inner.lease.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves when the Raft core has stopped on a fatal error (a storage

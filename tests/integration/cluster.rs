@@ -285,13 +285,11 @@ async fn leader_killed(cluster: &mut LocalCluster, primary: Instance) -> Result<
 // node never answers an older epoch or another instance than the cluster's
 // (SERVFAIL is allowed until it rejoins; it must rejoin).
 //
-// Fails today (4 runs in 4 alone, 2 in 3 in the full suite):
-// `Cluster::in_majority` renews a leader's lease from openraft's `millis_since_quorum_ack`, an age computed when the metrics
-// were last flushed, not now. Right after SIGCONT the resumed leader still
-// shows `Leader` with the small age from before the freeze, renews its lease
-// to "now" and answers primary at epoch 1 until it applies the new leader's
-// log (0.5–0.85 s observed; up to the 2 s lease if it cannot be reached). Run
-// with `--ignored` to reproduce; un-ignore once the lease ignores stale metrics.
+// Failed in CI once: the resumed node took the new leader's first
+// AppendEntries as a fresh contact, renewed its lease while still holding
+// epoch 1 (no lease check had run while it was frozen, so the lapse went
+// unseen) and answered primary for ~130 ms until it applied the new log. A
+// contact after a lapse now counts as one: answers wait until it caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_leader_never_answers_an_older_choice_after_it_resumes() -> Result<()> {
     let primary = Instance::start("primary").await?;
