@@ -204,7 +204,7 @@ async fn run(private: bool) -> Result<()> {
                     s.cpu_per_1000,
                     mib(s.rss_bytes),
                     s.lag_p99
-                        .map_or("n/a".into(), |l| format!("≤ {} ms", l * 1000.0)),
+                        .map_or("n/a".into(), |l| format!("{} ms", lag_text(l))),
                     s.gap_p99.map_or("n/a".into(), |g| format!(
                         "{:.1} ms",
                         g.as_secs_f64() * 1000.0
@@ -234,7 +234,7 @@ async fn run(private: bool) -> Result<()> {
                 if lag.is_nan() {
                     "n/a".into()
                 } else {
-                    format!("≤ {}", lag * 1000.0)
+                    lag_text(lag)
                 },
                 if gap.is_nan() {
                     "n/a".into()
@@ -308,6 +308,16 @@ async fn run(private: bool) -> Result<()> {
     );
     println!("run took {:.0} s.", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A lag p99 (a bucket's upper bound, in seconds) in milliseconds:
+/// `≤ 5`, or `> 2000` past the last finite bucket.
+fn lag_text(seconds: f64) -> String {
+    if seconds.is_infinite() {
+        "> 2000".into()
+    } else {
+        format!("≤ {}", seconds * 1000.0)
+    }
 }
 
 fn yes(met: bool) -> &'static str {

@@ -181,7 +181,9 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// resident memory now, from `/proc`.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcUsage {
+    /// utime + stime, to the clock tick (10 ms).
     pub cpu: Duration,
+    /// VmRSS.
     pub rss_bytes: u64,
 }
 
@@ -373,9 +375,13 @@ pub enum EndpointKind {
 /// from `first`, all on `port`.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointRange {
+    /// What every endpoint of the range answers.
     pub kind: EndpointKind,
+    /// The first endpoint's address; the others follow it.
     pub first: Ipv4Addr,
+    /// How many endpoints.
     pub count: u32,
+    /// The port every endpoint listens on.
     pub port: u16,
 }
 
@@ -537,7 +543,10 @@ impl Endpoints {
 /// histogram of the time between two connections to the same HTTP endpoint.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointStats {
+    /// Connections accepted by HTTP endpoints.
     pub http: u64,
+    /// Connections accepted by TCP endpoints (a check that resets at the
+    /// SYN-ACK is never accepted, so never counted here).
     pub tcp: u64,
     /// Bucket index (× [`GAP_BUCKET`]) to count; the last bucket holds
     /// everything longer.
