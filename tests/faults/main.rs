@@ -53,6 +53,9 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
             Box::pin(kill_node(rng, "kill-follower", false))
         }),
         ("pause-leader", |rng| Box::pin(pause_leader(rng))),
+        ("pause-leader-during-failover", |rng| {
+            Box::pin(pause_leader_during_failover(rng))
+        }),
         ("isolate-leader", |rng| Box::pin(isolate_leader(rng))),
         ("partition-leader-minority", |rng| {
             Box::pin(partition_leader(rng))
@@ -310,6 +313,49 @@ async fn pause_leader(rng: &mut StdRng) -> Result<Row> {
     Ok(Row {
         name: "pause-leader",
         faults: format!("SIGSTOP leader {leader} ~{} s, SIGCONT", FAULT.as_secs()),
+        report,
+    })
+}
+
+/// The frozen leader holds epoch 1 in memory while the others fail over:
+/// when it resumes, its first contact with the new leader must not let it
+/// answer epoch 1 again before it has applied epoch 2 (S3).
+async fn pause_leader_during_failover(rng: &mut StdRng) -> Result<Row> {
+    let (mut cluster, leader) = settled().await?;
+    let started_at = now_ms();
+    let recorder = Recorder::start(&cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.pause_node(leader)?;
+    let paused_at = now_ms();
+    cluster.kill_instance("primary").await;
+    let killed_at = now_ms();
+    // A second longer than the other faults, so that epoch 2 is committed
+    // well over a lease before the node resumes and any epoch 1 it answers
+    // then is a violation the checker can tell from commit timing.
+    tokio::time::sleep(jitter(rng, FAULT + Duration::from_secs(1))).await;
+    let healed_at = now_ms();
+    cluster.resume_node(leader)?;
+    let report = finish(
+        &cluster,
+        recorder,
+        started_at,
+        Expect {
+            minority: vec![(leader, paused_at, healed_at)],
+            healed_at,
+            active_killed_at: Some(killed_at),
+            // An election first, then the failover as in kill-active-instance.
+            failover_within: LEASE + INTERVAL * (FALL + 1) + Duration::from_millis(500),
+            max_changes: 1,
+            ..Expect::default()
+        },
+    )
+    .await?;
+    Ok(Row {
+        name: "pause-leader-during-failover",
+        faults: format!(
+            "SIGSTOP leader {leader} ~{} s, primary killed meanwhile, SIGCONT",
+            (FAULT + Duration::from_secs(1)).as_secs()
+        ),
         report,
     })
 }
