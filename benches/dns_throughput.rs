@@ -10,7 +10,9 @@
 //! window of outstanding queries). Each server's CPU time (utime + stime of
 //! all its threads and children, from `/proc/PID/stat`) over the run gives
 //! µs of CPU per answered query: the measure that does not depend on which
-//! side was the limit. Medians of 3 runs (1 with `--smoke`, at 1 s each).
+//! side was the limit. Three rounds (1 with `--smoke`, at 1 s each), each
+//! measuring every server in turn; medians over the rounds, and ratios taken
+//! within a round.
 //!
 //! It measures and never judges: it exits 1 only when it cannot measure (a
 //! server that does not start or answer, a generator that gets no answers).
@@ -80,39 +82,72 @@ fn run() -> Result<()> {
     let query_file = tempfile::NamedTempFile::new()?;
     std::fs::write(query_file.path(), format!("{QNAME} A\n"))?;
 
-    let mut table = Vec::new();
-    for (index, name) in SERVERS.iter().enumerate() {
-        eprintln!("== {name}");
-        let server =
-            Server::start(index, instance.addr()).with_context(|| format!("start {name}"))?;
-        await_answer(server.addr, &query).with_context(|| format!("{name} answers {QNAME}"))?;
-        let mut dnsperf = Vec::new();
-        let mut batched = Vec::new();
-        for run in 0..runs {
-            let figures = measure(&server, || {
+    // Rounds, each measuring every server in turn, so that a machine that
+    // gets busier or quieter during the run weighs on every server alike;
+    // the ratios are taken within a round and their median reported.
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); SERVERS.len()];
+    for round in 1..=runs {
+        for (index, name) in SERVERS.iter().enumerate() {
+            eprintln!("== round {round}/{runs}: {name}");
+            let server =
+                Server::start(index, instance.addr()).with_context(|| format!("start {name}"))?;
+            await_answer(server.addr, &query).with_context(|| format!("{name} answers {QNAME}"))?;
+            let dnsperf = measure(&server, || {
                 dnsperf_qps(server.addr, query_file.path(), seconds)
             })
-            .with_context(|| format!("{name}: dnsperf run {run}"))?;
-            eprintln!(
-                "   dnsperf  {:>9.0} qps {:>6.2} µs/q",
-                figures.qps, figures.cpu_us_per_query
-            );
-            dnsperf.push(figures);
-            let figures = measure(&server, || batched_qps(server.addr, &query, duration))
-                .with_context(|| format!("{name}: batched run {run}"))?;
-            eprintln!(
-                "   batched  {:>9.0} qps {:>6.2} µs/q",
-                figures.qps, figures.cpu_us_per_query
-            );
-            batched.push(figures);
+            .with_context(|| format!("{name}: dnsperf, round {round}"))?;
+            eprintln!("   dnsperf  {dnsperf}");
+            let batched = measure(&server, || batched_qps(server.addr, &query, duration))
+                .with_context(|| format!("{name}: batched, round {round}"))?;
+            eprintln!("   batched  {batched}");
+            rounds[index].push(Round { dnsperf, batched });
+            drop(server);
         }
-        table.push((*name, median(&dnsperf), median(&batched)));
-        drop(server);
     }
-    print_tables(&table, seconds, runs);
+    print_tables(&rounds, seconds, runs);
     drop(instance);
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// One server's figures in one round, under each generator.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    dnsperf: Figures,
+    batched: Figures,
+}
+
+/// Picks one generator's figures out of a [`Round`].
+type Pick = fn(&Round) -> Figures;
+
+impl Round {
+    fn dnsperf(&self) -> Figures {
+        self.dnsperf
+    }
+
+    fn batched(&self) -> Figures {
+        self.batched
+    }
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} qps {:>6.2} µs/q {:>4.0} % of its core",
+            self.qps,
+            self.cpu_us_per_query,
+            self.core_busy() * 100.0
+        )
+    }
+}
+
+impl Figures {
+    /// The share of one core the server was busy: near 1 when the server,
+    /// not the generator, was the limit.
+    fn core_busy(&self) -> f64 {
+        self.qps * self.cpu_us_per_query / 1e6
+    }
 }
 
 /// Runs `load` against `server`, reading its CPU time around it.
@@ -131,39 +166,45 @@ fn measure(server: &Server, load: impl FnOnce() -> Result<f64>) -> Result<Figure
     })
 }
 
-fn median(figures: &[Figures]) -> Figures {
-    let pick = |f: fn(&Figures) -> f64| {
-        let mut values: Vec<f64> = figures.iter().map(f).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    Figures {
-        qps: pick(|f| f.qps),
-        cpu_us_per_query: pick(|f| f.cpu_us_per_query),
-    }
+/// The median of `values` (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn print_tables(table: &[(&str, Figures, Figures)], seconds: u64, runs: usize) {
-    let Some((_, hl_dnsperf, hl_batched)) = table.first().copied() else {
+fn print_tables(rounds: &[Vec<Round>], seconds: u64, runs: usize) {
+    let Some(highlander) = rounds.first() else {
         return;
     };
     println!(
-        "\nDNS throughput: `{QNAME}` A over UDP, server on core 0, generator on core 1, {seconds} s per run, median of {runs}.\n"
+        "\nDNS throughput: `{QNAME}` A over UDP, server on core 0, generator on core 1, {seconds} s per run; {runs} round(s), every server measured in each round, medians over the rounds, ratios taken within a round.\n"
     );
     println!(
-        "| server | generator | qps | server CPU µs/query | highlander/this (qps) | this/highlander (CPU per query) |"
+        "| server | generator | qps | server CPU µs/query | server core busy | highlander/this (qps) | this/highlander (CPU per query) |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
-    for (generator, pick, anchor) in [("dnsperf", 1, hl_dnsperf), ("batched", 2, hl_batched)] {
-        for row in table {
-            let figures = if pick == 1 { row.1 } else { row.2 };
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (generator, pick) in [
+        ("dnsperf", Round::dnsperf as Pick),
+        ("batched", Round::batched),
+    ] {
+        for (name, server) in SERVERS.iter().zip(rounds) {
+            let of = |f: fn(&Figures) -> f64| median(server.iter().map(|r| f(&pick(r))).collect());
+            let ratio = |f: fn(&Figures, &Figures) -> f64| {
+                median(
+                    highlander
+                        .iter()
+                        .zip(server)
+                        .map(|(h, s)| f(&pick(h), &pick(s)))
+                        .collect(),
+                )
+            };
             println!(
-                "| {} | {generator} | {:.0} | {:.2} | {:.2}× | {:.2}× |",
-                row.0,
-                figures.qps,
-                figures.cpu_us_per_query,
-                anchor.qps / figures.qps,
-                figures.cpu_us_per_query / anchor.cpu_us_per_query,
+                "| {name} | {generator} | {:.0} | {:.2} | {:.0} % | {:.2}× | {:.2}× |",
+                of(|f| f.qps),
+                of(|f| f.cpu_us_per_query),
+                of(|f| f.core_busy()) * 100.0,
+                ratio(|h, s| h.qps / s.qps),
+                ratio(|h, s| s.cpu_us_per_query / h.cpu_us_per_query),
             );
         }
     }
