@@ -451,20 +451,31 @@ impl InstanceHealth {
 /// An instance missing from the view is [`Verdict::Unknown`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthView {
-    instances: BTreeMap<(String, String), InstanceHealth>,
+    /// Per service, per instance: looked up by `&str` without allocating,
+    /// which matters at 10,000 instances read on every decision pass.
+    services: BTreeMap<String, BTreeMap<String, InstanceHealth>>,
 }
 
 impl HealthView {
     /// Records the health of `instance` of `service`.
     pub fn set(&mut self, service: &str, instance: &str, health: InstanceHealth) {
-        self.instances
-            .insert((service.to_owned(), instance.to_owned()), health);
+        let instances = match self.services.get_mut(service) {
+            Some(instances) => instances,
+            None => self.services.entry(service.to_owned()).or_default(),
+        };
+        match instances.get_mut(instance) {
+            Some(held) => *held = health,
+            None => {
+                instances.insert(instance.to_owned(), health);
+            }
+        }
     }
 
     /// The health of `instance` of `service` (unknown if never set).
     pub fn get(&self, service: &str, instance: &str) -> InstanceHealth {
-        self.instances
-            .get(&(service.to_owned(), instance.to_owned()))
+        self.services
+            .get(service)
+            .and_then(|instances| instances.get(instance))
             .copied()
             .unwrap_or(InstanceHealth {
                 verdict: Verdict::Unknown,

@@ -31,9 +31,16 @@ use crate::health::{Checker, HealthError, Probe};
 use crate::metrics::{self, Metrics};
 use crate::model::{AppliedState, ApplyOutcome};
 
-/// How often the leader re-evaluates even when no verdict changed, so a
-/// failback delay that elapses is acted on without waiting for a probe.
+/// How often the decision loop checks whether this node is the acting
+/// leader, so that a new leader decides within this of taking over.
 const DECIDE_TICK: Duration = Duration::from_millis(100);
+
+/// How often the leader re-decides when nothing woke it: what only time
+/// changes (a failback delay elapsing, a silent node's reports going stale)
+/// is acted on within this. A changed verdict or applied state wakes it at
+/// once; a full pass over 10,000 instances every tick would cost more than
+/// probing them.
+const DECIDE_RECHECK: Duration = Duration::from_secs(1);
 
 /// How often the lease is re-checked, which bounds how late a node that
 /// loses the majority stops answering (on top of the lease itself).
@@ -424,12 +431,15 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
     let mut tick = tokio::time::interval(DECIDE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_leader = false;
+    // When the last pass ran while leading; `None` while not leading.
+    let mut last_pass: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
+        let woken_by_change = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-            changed = applied.changed() => if changed.is_err() { return },
-        }
+            _ = tick.tick() => false,
+            changed = applied.changed() => if changed.is_err() { return } else { true },
+            () = cluster.quorum_changed() => true,
+        };
         let leader = cluster.is_acting_leader();
         if leader != was_leader {
             let (_, term, _) = cluster.role();
@@ -441,8 +451,13 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
             was_leader = leader;
         }
         if !leader {
+            last_pass = None;
             continue;
         }
+        if !woken_by_change && last_pass.is_some_and(|at| at.elapsed() < DECIDE_RECHECK) {
+            continue;
+        }
+        last_pass = Some(tokio::time::Instant::now());
         let view = cluster.health_view();
         let state = applied.borrow_and_update().clone();
         for command in engine::decide(&config, &state.state, &view, unix_millis()) {
@@ -457,7 +472,11 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
                 Ok(ApplyOutcome::Rejected { why }) => {
                     warn!(command = %description, %why, "decision rejected")
                 }
-                Err(e) => warn!(error = %e, command = %description, "proposal failed"),
+                Err(e) => {
+                    warn!(error = %e, command = %description, "proposal failed");
+                    // Retried at the next tick, not a recheck later.
+                    last_pass = None;
+                }
             }
         }
     }

@@ -122,6 +122,8 @@ struct Inner {
     links: Option<Arc<Links>>,
     /// Every node's latest health verdicts, as reported to this node.
     quorum: Mutex<QuorumView>,
+    /// Woken when a recorded report changes a combined verdict.
+    quorum_changed: tokio::sync::Notify,
     /// When this node last heard from a quorum-holding leader, and whether
     /// it has caught up since its lease last lapsed (S3).
     lease: Mutex<LeaseClock>,
@@ -179,6 +181,7 @@ impl Cluster {
         Ok(Cluster {
             inner: Arc::new(Inner {
                 quorum: Mutex::new(QuorumView::new(&config, id)),
+                quorum_changed: tokio::sync::Notify::new(),
                 lease: Mutex::new(LeaseClock::new(c.lease)),
                 config,
                 id,
@@ -357,16 +360,26 @@ impl Cluster {
 
     /// Records a node's health observations.
     pub fn record(&self, observations: &Observations) {
-        let ignored = self
-            .inner
-            .quorum
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(observations, Instant::now());
+        let (ignored, changed) = {
+            let mut quorum = self.inner.quorum.lock().unwrap_or_else(|e| e.into_inner());
+            let before = quorum.generation();
+            let ignored = quorum.record(observations, Instant::now());
+            (ignored, quorum.generation() != before)
+        };
+        if changed {
+            self.inner.quorum_changed.notify_one();
+        }
         if !ignored.is_empty() {
             // A peer with a different config: worth seeing, but it repeats every interval.
             debug!(node = observations.node, %ignored, "ignored part of a peer's observations");
         }
+    }
+
+    /// Resolves once a report has changed a combined verdict since the
+    /// last time it resolved (a change before the call counts): what the
+    /// leader waits on to decide at once rather than at its next tick.
+    pub async fn quorum_changed(&self) {
+        self.inner.quorum_changed.notified().await;
     }
 
     /// The health view the leader decides from (majority or leader quorum).

@@ -127,6 +127,9 @@ pub struct QuorumView {
     nodes: Vec<u64>,
     /// Per configured service, per configured instance.
     services: BTreeMap<String, ServiceQuorum>,
+    /// Counts the combined verdicts that changed, in `record` or `view`:
+    /// the leader re-decides when it moves.
+    generation: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +181,15 @@ impl QuorumView {
             leader,
             nodes,
             services,
+            generation: 0,
         }
+    }
+
+    /// How many times a combined verdict has changed so far; unchanged
+    /// means the [`view`](Self::view) differs only in how long each
+    /// verdict has held (or in verdicts going stale, which `view` finds).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many agreeing nodes make a verdict: a strict majority of the
@@ -201,6 +212,7 @@ impl QuorumView {
             return ignored;
         }
         let (quorum, leader, majority) = (self.quorum, self.leader, self.majority());
+        let mut changes = 0;
         for observed in &observations.verdicts {
             let Some(service) = self.services.get_mut(&observed.service) else {
                 ignored
@@ -224,8 +236,11 @@ impl QuorumView {
             );
             // Settle now rather than at the next `view`, so that `held_for`
             // counts from the report that changed the outcome.
-            instance.settle(quorum, leader, majority, stale_after, now);
+            let before = instance.combined.map(|(verdict, _)| verdict);
+            let after = instance.settle(quorum, leader, majority, stale_after, now);
+            changes += u64::from(before != Some(after.verdict));
         }
+        self.generation += changes;
         ignored
     }
 
@@ -235,12 +250,16 @@ impl QuorumView {
     pub fn view(&mut self, now: Instant) -> HealthView {
         let (quorum, leader, majority) = (self.quorum, self.leader, self.majority());
         let mut view = HealthView::default();
+        let mut changes = 0;
         for (service_name, service) in &mut self.services {
             for (instance_name, instance) in &mut service.instances {
+                let before = instance.combined.map(|(verdict, _)| verdict);
                 let health = instance.settle(quorum, leader, majority, service.stale_after, now);
+                changes += u64::from(before != Some(health.verdict));
                 view.set(service_name, instance_name, health);
             }
         }
+        self.generation += changes;
         view
     }
 
@@ -413,6 +432,45 @@ a = "10.0.0.21"
 
     fn db1_verdict(view: &mut QuorumView, now: Instant) -> Verdict {
         view.view(now).get("db", "db1").verdict
+    }
+
+    // The leader re-decides when the generation moves, so it must move on
+    // every change of a combined verdict and only then.
+    #[test]
+    fn the_generation_counts_changes_of_a_combined_verdict_only() {
+        let t0 = Instant::now();
+        let mut view = QuorumView::new(&three_nodes(), 1);
+        // The first pass settles every instance (unknown) once.
+        view.view(t0);
+        let settled = view.generation();
+        db1(&mut view, 1, Verdict::Up, t0);
+        assert_eq!(
+            view.generation(),
+            settled,
+            "one up of three changes nothing"
+        );
+        db1(&mut view, 2, Verdict::Up, t0);
+        assert_eq!(view.generation(), settled + 1, "two up of three is up");
+        db1(&mut view, 2, Verdict::Up, t0 + ms(1000));
+        db1(&mut view, 3, Verdict::Up, t0 + ms(1000));
+        view.view(t0 + ms(1000));
+        assert_eq!(
+            view.generation(),
+            settled + 1,
+            "repeated reports change nothing"
+        );
+        db1(&mut view, 2, Verdict::Down, t0 + ms(2000));
+        assert_eq!(view.generation(), settled + 1, "still two up (1 and 3)");
+        db1(&mut view, 3, Verdict::Down, t0 + ms(2000));
+        assert_eq!(view.generation(), settled + 2, "two down of three is down");
+        // Node 2 and 3 fall silent: their reports go stale in `view`.
+        db1(&mut view, 1, Verdict::Up, t0 + ms(5000));
+        assert_eq!(db1_verdict(&mut view, t0 + ms(6500)), Verdict::Unknown);
+        assert_eq!(
+            view.generation(),
+            settled + 3,
+            "stale reports found by view count"
+        );
     }
 
     #[test]
