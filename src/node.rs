@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::{Listener, ListenerExt};
+use futures::StreamExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -41,6 +42,11 @@ const DECIDE_TICK: Duration = Duration::from_millis(100);
 /// once; a full pass over 10,000 instances every tick would cost more than
 /// probing them.
 const DECIDE_RECHECK: Duration = Duration::from_secs(1);
+
+/// How many of one pass's decisions (one per service at most) are proposed
+/// at once: openraft then commits them in shared log writes, where one at a
+/// time a thousand services' first decisions wait for a thousand writes.
+const PROPOSALS_IN_FLIGHT: usize = 64;
 
 /// How often the lease is re-checked, which bounds how late a node that
 /// loses the majority stops answering (on top of the lease itself).
@@ -460,13 +466,22 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
         last_pass = Some(tokio::time::Instant::now());
         let view = cluster.health_view();
         let state = applied.borrow_and_update().clone();
-        for command in engine::decide(&config, &state.state, &view, unix_millis()) {
-            let command = {
-                let evidence = cluster.evidence(command.service());
-                command.with_evidence(evidence)
-            };
-            let description = command.to_string();
-            match cluster.propose(command).await {
+        let proposals = engine::decide(&config, &state.state, &view, unix_millis())
+            .into_iter()
+            .map(|command| {
+                let command = {
+                    let evidence = cluster.evidence(command.service());
+                    command.with_evidence(evidence)
+                };
+                let cluster = &cluster;
+                async move {
+                    let description = command.to_string();
+                    (description, cluster.propose(command).await)
+                }
+            });
+        let mut outcomes = futures::stream::iter(proposals).buffer_unordered(PROPOSALS_IN_FLIGHT);
+        while let Some((description, outcome)) = outcomes.next().await {
+            match outcome {
                 Ok(ApplyOutcome::Applied) => info!(command = %description, "committed"),
                 Ok(ApplyOutcome::Unchanged) => {}
                 Ok(ApplyOutcome::Rejected { why }) => {
