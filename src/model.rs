@@ -421,13 +421,20 @@ pub enum Verdict {
     Down,
 }
 
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Verdict {
+    /// `up`, `down` or `unknown`, as shown and as in metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Verdict::Unknown => "unknown",
             Verdict::Up => "up",
             Verdict::Down => "down",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

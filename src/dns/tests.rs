@@ -920,7 +920,7 @@ async fn served_with_metrics_every_answer_is_counted_by_response_code() {
 
 /// The value of the series `series` (name and labels) in `metrics`.
 fn counter(metrics: &crate::metrics::Metrics, series: &str) -> Option<u64> {
-    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let text = metrics.render(crate::metrics::ScrapeView::default());
     let prefix = format!("{series} ");
     text.lines()
         .find_map(|line| line.strip_prefix(&prefix)?.parse::<u64>().ok())
