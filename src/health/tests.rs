@@ -1041,7 +1041,7 @@ async fn checker_with_metrics_records_every_finished_probe() {
     wait_verdict(&mut rx, "bad", Verdict::Down).await;
     stop(cancel, handle).await;
 
-    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let text = metrics.render(crate::metrics::ScrapeView::default());
     let sample = |series: &str| -> f64 {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -1060,7 +1060,7 @@ async fn checker_with_metrics_records_every_finished_probe() {
 
 /// The count and sum of the node-wide probe lag histogram in `metrics`.
 fn lag_count_and_sum(metrics: &crate::metrics::Metrics) -> (f64, f64) {
-    let text = metrics.render(&crate::metrics::ScrapeView::default());
+    let text = metrics.render(crate::metrics::ScrapeView::default());
     let sample = |series: &str| -> f64 {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -1276,4 +1276,56 @@ async fn checker_with_real_probers_sees_a_local_listener() {
         assert_eq!(down.map(|r| r.detail), Some("connection refused".into()));
     }
     stop(cancel, handle).await;
+}
+
+// Instances share timer wake-ups: every probe of every instance starts on a
+// whole slot after the checker started, and together they still spread
+// over the interval rather than bunching in a few slots.
+#[tokio::test(start_paused = true)]
+async fn probes_start_on_shared_slots_spread_over_the_interval() {
+    let names: Vec<String> = (0..200).map(|i| format!("i{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let config = fake_config(&refs, Duration::from_millis(500), 2, 3);
+    let probe = FakeProbe::new(Act::Pass);
+    let t0 = Instant::now();
+    let (_rx, cancel, handle) = start(&config, probe.clone());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop(cancel, handle).await;
+
+    let starts = probe.starts.lock().expect("lock").clone();
+    assert!(
+        starts.len() >= 400,
+        "{} probes in 2.5 intervals",
+        starts.len()
+    );
+    // 200 probes a second: the longest slot, 10 ms.
+    let slot = crate::health::checker::MAX_PROBE_SLOT.as_millis();
+    let mut slots = std::collections::BTreeSet::new();
+    for (instance, at) in &starts {
+        let offset = at.duration_since(t0).as_millis();
+        assert_eq!(offset % slot, 0, "{instance} probed at +{offset} ms");
+        slots.insert(offset % 1000);
+    }
+    // 200 draws over 100 slots leave few empty; a handful would mean
+    // the spread was lost.
+    assert!(
+        slots.len() >= 60,
+        "only {} distinct slots used",
+        slots.len()
+    );
+}
+
+#[test]
+fn the_probe_slot_holds_about_ten_probes_within_1_to_10_ms() {
+    use crate::health::checker::probe_slot;
+    let second = Duration::from_secs(1);
+    let ms = Duration::from_millis;
+    assert_eq!(probe_slot(&vec![second; 200]), ms(10));
+    assert_eq!(probe_slot(&vec![second; 1_000]), ms(10));
+    assert_eq!(probe_slot(&vec![second; 5_000]), ms(2));
+    assert_eq!(probe_slot(&vec![second; 10_000]), ms(1));
+    assert_eq!(probe_slot(&vec![second; 100_000]), ms(1));
+    // 2,500 instances every 200 ms are 12,500 probes a second.
+    assert_eq!(probe_slot(&vec![ms(200); 2_500]), ms(1));
+    assert_eq!(probe_slot(&[]), ms(10));
 }
