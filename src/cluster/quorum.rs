@@ -236,9 +236,8 @@ impl QuorumView {
             );
             // Settle now rather than at the next `view`, so that `held_for`
             // counts from the report that changed the outcome.
-            let before = instance.combined.map(|(verdict, _)| verdict);
-            let after = instance.settle(quorum, leader, majority, stale_after, now);
-            changes += u64::from(before != Some(after.verdict));
+            let (_, changed) = instance.settle(quorum, leader, majority, stale_after, now);
+            changes += u64::from(changed);
         }
         self.generation += changes;
         ignored
@@ -253,9 +252,9 @@ impl QuorumView {
         let mut changes = 0;
         for (service_name, service) in &mut self.services {
             for (instance_name, instance) in &mut service.instances {
-                let before = instance.combined.map(|(verdict, _)| verdict);
-                let health = instance.settle(quorum, leader, majority, service.stale_after, now);
-                changes += u64::from(before != Some(health.verdict));
+                let (health, changed) =
+                    instance.settle(quorum, leader, majority, service.stale_after, now);
+                changes += u64::from(changed);
                 view.set(service_name, instance_name, health);
             }
         }
@@ -324,7 +323,8 @@ impl InstanceQuorum {
     }
 
     /// Recomputes the combined verdict at `now`, restarts its clock if it
-    /// changed (or was never computed), and returns it with how long it held.
+    /// changed (or was never computed), and returns it with how long it
+    /// held, and whether it changed.
     fn settle(
         &mut self,
         quorum: HealthQuorum,
@@ -332,16 +332,17 @@ impl InstanceQuorum {
         majority: usize,
         stale_after: Duration,
         now: Instant,
-    ) -> InstanceHealth {
+    ) -> (InstanceHealth, bool) {
         let verdict = self.combine(quorum, leader, majority, stale_after, now);
-        let since = match self.combined {
-            Some((held, since)) if held == verdict => since,
+        let (since, changed) = match self.combined {
+            Some((held, since)) if held == verdict => (since, false),
             _ => {
                 self.combined = Some((verdict, now));
-                now
+                (now, true)
             }
         };
-        InstanceHealth::new(verdict, now.saturating_duration_since(since))
+        let health = InstanceHealth::new(verdict, now.saturating_duration_since(since));
+        (health, changed)
     }
 }
 
