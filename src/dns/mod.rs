@@ -541,7 +541,15 @@ impl Authority {
             protocol,
             wire: Arc::default(),
         };
-        match Request::from_bytes(message, source, protocol) {
+        // hickory echoes the question as received; a compression pointer in
+        // it can only point into the header, which in the answer holds other
+        // bytes, so the echo would be undecodable.
+        let request = if question_name_is_compressed(&message) {
+            Err("the question's name uses a compression pointer".to_owned())
+        } else {
+            Request::from_bytes(message, source, protocol).map_err(|error| error.to_string())
+        };
+        match request {
             // Answering a response would make us a reflector.
             Ok(request) if request.metadata.message_type == MessageType::Response => return None,
             Ok(request) => {
@@ -562,6 +570,25 @@ impl Authority {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
     }
+}
+
+/// Whether the first question's name contains a compression pointer. In a
+/// query the question comes first, so such a pointer can only point back
+/// into the header (or loop): a malformed query. Anything too short to
+/// tell is left to the decoder.
+fn question_name_is_compressed(message: &[u8]) -> bool {
+    if message.get(4..6).is_none_or(|count| count == [0, 0]) {
+        return false;
+    }
+    let mut at = 12;
+    while let Some(&len) = message.get(at) {
+        match len {
+            0 => return false,
+            len if len & 0xC0 != 0 => return true,
+            len => at += 1 + usize::from(len),
+        }
+    }
+    false
 }
 
 /// An empty question section, for answers that must not echo the query's.

@@ -1417,3 +1417,34 @@ fn mangled_queries_never_panic_and_fast_answers_still_equal_the_handlers() {
         }
     }
 }
+
+// Found by the dns_request fuzz target: a question whose name ends in a
+// compression pointer to offset 2 (the header). hickory echoes the question
+// as received, so the answer's pointer landed on its own flags (0x80, an
+// invalid label code) and no client could decode it. Such a query is
+// malformed: FORMERR, without the question, over either transport.
+#[test]
+fn a_compressed_question_name_gets_formerr_without_the_question() {
+    // The fuzzer's input, with the ID set to the one `assert_header` expects.
+    let crash: &[u8] = &[
+        0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 0, 4, 0, 2, 2, 2, 2, 2, 2, 2, 192, 2, 2, 2, 2,
+        2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 96, 2,
+        2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 38, 0, 0, 0, 0, 0, 7, 101, 120,
+        97, 109, 112, 108, 101, 0, 101, 120, 97, 111, 112, 108, 101, 0, 1, 0, 1,
+    ];
+    let view = Arc::new(ZoneView::build(&small_config().0, &decided(), true));
+    for transport in [super::Transport::Udp, super::Transport::Tcp] {
+        let raw = super::answer(view.clone(), crash, transport).expect("an answer");
+        let reply = Message::from_vec(&raw).expect("decodable");
+        assert_header(&reply, ResponseCode::FormErr, false);
+        assert!(reply.queries.is_empty(), "no questions echoed: {reply:?}");
+        assert_eq!(raw.get(..2), Some(&crash[..2]), "the ID is echoed");
+    }
+    // An ordinary query still gets its answer.
+    let plain = query("db.svc.example.", RecordType::A)
+        .to_vec()
+        .expect("encode");
+    let raw = super::answer(view, &plain, super::Transport::Udp).expect("an answer");
+    let reply = Message::from_vec(&raw).expect("decodable");
+    assert_header(&reply, ResponseCode::NoError, true);
+}
