@@ -507,8 +507,10 @@ pub struct PublishStatus {
     pub records: Vec<PublishedRecord>,
     /// When a pass last completed without an error.
     pub last_success: Option<UnixMillis>,
-    /// The last failure, never holding a secret.
+    /// Why the last pass failed, set only while passes fail (`None` after
+    /// a pass without an error); never holds a secret.
     pub last_error: Option<String>,
+    /// When a pass last failed; kept after a recovery, as history.
     pub last_error_at: Option<UnixMillis>,
     /// Failed passes since the last success.
     pub failures: u64,

@@ -498,6 +498,10 @@ async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: Cancellation
 }
 
 impl publish::Leader for Cluster {
+    fn acting_for(&self) -> Option<Duration> {
+        Cluster::acting_leader_for(self)
+    }
+
     fn is_acting_leader(&self) -> bool {
         Cluster::is_acting_leader(self)
     }

@@ -284,6 +284,13 @@ impl Cluster {
             .is_some_and(|t| now.saturating_duration_since(t) < self.inner.max_ack_age)
     }
 
+    /// How much longer this node may act as the leader without a newer
+    /// quorum acknowledgement; `None` when it may not act now.
+    pub fn acting_leader_for(&self) -> Option<Duration> {
+        let age = Instant::now().saturating_duration_since(self.leader_quorum_contact()?);
+        Some(self.inner.max_ack_age.saturating_sub(age)).filter(|left| !left.is_zero())
+    }
+
     /// If this node is the Raft leader: the send time of the newest
     /// AppendEntries that a majority (this node included) has accepted.
     fn leader_quorum_contact(&self) -> Option<Instant> {

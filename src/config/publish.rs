@@ -38,6 +38,23 @@ pub struct RawPublish {
     pub base_url: Option<String>,
     // cloudflare
     pub zone_id: Option<String>,
+    // Keys a person may try for a secret written inline. Declared so that
+    // TOML's "unknown field" error, which quotes the whole line, never
+    // prints the value: validation names the key and says where secrets go.
+    pub token: Option<InlineSecret>,
+    pub api_token: Option<InlineSecret>,
+    pub secret: Option<InlineSecret>,
+    pub tsig_secret: Option<InlineSecret>,
+}
+
+/// A value written where a secret does not belong, read and dropped unseen.
+#[derive(Debug)]
+pub struct InlineSecret;
+
+impl<'de> Deserialize<'de> for InlineSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| InlineSecret)
+    }
 }
 
 fn default_interval() -> String {
@@ -130,6 +147,13 @@ impl TsigAlgorithm {
             TsigAlgorithm::HmacSha512 => "hmac-sha512",
         }
     }
+
+    /// The algorithm BIND calls `name` (in any case), if highlander signs with it.
+    pub fn from_name(name: &str) -> Option<TsigAlgorithm> {
+        [TsigAlgorithm::HmacSha256, TsigAlgorithm::HmacSha512]
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+    }
 }
 
 /// A TSIG key: its name (as the server knows it), algorithm and secret.
@@ -212,6 +236,7 @@ impl Validator {
             let covered = self.publish_services(&key, target.services.as_deref(), services);
             let zone = self.publish_zone(&key, &target.zone);
             let record = self.record_template(&key, target.record.as_deref(), &zone, &covered);
+            self.inline_secrets(&key, &target);
             let kind = self.publish_kind(&key, base, &target);
             let ttl = self.publish_ttl(&key, target.ttl.as_deref(), &kind, dns_ttl);
             let interval = self.positive_duration(&format!("{key}.interval"), &target.interval);
@@ -228,6 +253,23 @@ impl Validator {
             });
         }
         targets
+    }
+
+    /// Reports a secret written inline, by its key only.
+    fn inline_secrets(&mut self, key: &str, raw: &RawPublish) {
+        let inline = [
+            ("token", raw.token.is_some()),
+            ("api_token", raw.api_token.is_some()),
+            ("secret", raw.secret.is_some()),
+            ("tsig_secret", raw.tsig_secret.is_some()),
+        ];
+        for (field, _) in inline.into_iter().filter(|(_, given)| *given) {
+            self.problem(
+                format!("{key}.{field}"),
+                "<redacted>",
+                "secrets are never written in the config; name a file holding the API token with token_file, or an environment variable with token_env, and the TSIG key file with tsig_secret_file",
+            );
+        }
     }
 
     fn positive_duration(&mut self, key: &str, value: &str) -> Duration {
@@ -520,58 +562,57 @@ impl Validator {
                 name
             }
         };
-        let algorithm = match raw.tsig_algorithm.as_deref() {
-            None | Some("hmac-sha256") => TsigAlgorithm::HmacSha256,
-            Some("hmac-sha512") => TsigAlgorithm::HmacSha512,
-            Some(other) => {
-                self.problem(
-                    format!("{key}.tsig_algorithm"),
-                    quoted(other),
-                    "expected \"hmac-sha256\" (the default) or \"hmac-sha512\"",
-                );
-                TsigAlgorithm::HmacSha256
-            }
+        let written = match raw.tsig_algorithm.as_deref() {
+            None => None,
+            Some(spelled) => match TsigAlgorithm::from_name(spelled) {
+                Some(algorithm) => Some(algorithm),
+                None => {
+                    self.problem(
+                        format!("{key}.tsig_algorithm"),
+                        quoted(spelled),
+                        "expected \"hmac-sha256\" (the default) or \"hmac-sha512\"",
+                    );
+                    None
+                }
+            },
         };
         let field = format!("{key}.tsig_secret_file");
-        let (secret_file, secret) = match raw.tsig_secret_file.as_deref() {
-            None => {
-                self.problem(
-                    field,
-                    "",
-                    format!("an rfc2136 target needs the TSIG key's secret: a file holding its base64 secret, or the key file itself; {KEYGEN}"),
-                );
-                (PathBuf::new(), Vec::new())
-            }
-            Some(written) => {
-                let path = base.join(written);
-                let secret = match std::fs::read_to_string(&path) {
-                    Err(e) => {
-                        self.problem(
-                            field,
-                            quoted(written),
-                            format!("cannot read {}: {e}; expected a readable file with the key's base64 secret; {KEYGEN}", path.display()),
-                        );
-                        Vec::new()
-                    }
-                    Ok(text) => match tsig_secret(&text) {
-                        Ok(secret) => secret,
-                        Err(why) => {
-                            self.problem(
-                                field,
-                                quoted(written),
-                                format!("{}: {why}", path.display()),
-                            );
-                            Vec::new()
-                        }
-                    },
-                };
-                (path, secret)
+        let Some(file) = raw.tsig_secret_file.as_deref() else {
+            self.problem(
+                field,
+                "",
+                format!("an rfc2136 target needs the TSIG key's secret: a file holding its base64 secret, or the key file itself; {KEYGEN}"),
+            );
+            return TsigKey {
+                name,
+                algorithm: written.unwrap_or(TsigAlgorithm::HmacSha256),
+                secret_file: PathBuf::new(),
+                secret: Secret(Vec::new()),
+            };
+        };
+        let path = base.join(file);
+        let read = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}; expected a readable file with the key's base64 secret; {KEYGEN}", path.display()))
+            .and_then(|text| {
+                tsig_key_file(&text).map_err(|why| format!("{}: {why}", path.display()))
+            });
+        let (secret, algorithm) = match read {
+            Ok(key_file) => match tsig_algorithm(written, key_file.algorithm.as_deref()) {
+                Ok(algorithm) => (key_file.secret, algorithm),
+                Err(why) => {
+                    self.problem(field, quoted(file), format!("{}: {why}", path.display()));
+                    (Vec::new(), TsigAlgorithm::HmacSha256)
+                }
+            },
+            Err(why) => {
+                self.problem(field, quoted(file), why);
+                (Vec::new(), written.unwrap_or(TsigAlgorithm::HmacSha256))
             }
         };
         TsigKey {
             name,
             algorithm,
-            secret_file,
+            secret_file: path,
             secret: Secret(secret),
         }
     }
@@ -610,13 +651,13 @@ impl Validator {
                 (TokenSource::File(path), token)
             }
             (None, Some(env)) => {
-                let token = match std::env::var(env) {
-                    Ok(value) => value.trim().to_owned(),
-                    Err(e) => {
+                let token = match token_from_env(env, std::env::var(env)) {
+                    Ok(token) => token,
+                    Err(why) => {
                         self.problem(
                             format!("{key}.token_env"),
                             quoted(env),
-                            format!("{e} in highlander's environment; {accepted}"),
+                            format!("{why}; {accepted}"),
                         );
                         String::new()
                     }
@@ -648,38 +689,106 @@ impl Validator {
             return default.to_owned();
         };
         let url = written.trim_end_matches('/').to_owned();
-        let accepted = format!("expected an http:// or https:// URL, like \"{default}\"");
-        match reqwest::Url::parse(&url) {
-            Ok(parsed)
-                if matches!(parsed.scheme(), "http" | "https")
-                    && parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
-            Ok(_) => self.problem(format!("{key}.base_url"), quoted(written), accepted),
-            Err(e) => self.problem(
+        if let Err((shown, why)) = check_base_url(&url) {
+            let shown = shown.unwrap_or_else(|| quoted(written));
+            self.problem(
                 format!("{key}.base_url"),
-                quoted(written),
-                format!("{e}; {accepted}"),
-            ),
+                shown,
+                format!("{why}; expected an http:// or https:// URL, like \"{default}\" (http:// only to a loopback address, such as a local proxy)"),
+            );
         }
         url
     }
 }
 
-/// The secret of a TSIG key file: either the base64 secret alone, or the
-/// `key "…" { algorithm …; secret "…"; };` clause `tsig-keygen` prints.
-pub fn tsig_secret(text: &str) -> Result<Vec<u8>, String> {
-    let encoded = match text.find("secret") {
-        Some(at) => {
-            let rest = &text[at + "secret".len()..];
-            let quoted_secret = rest
-                .split('"')
-                .nth(1)
-                .ok_or("found `secret` but no quoted base64 value after it")?;
-            quoted_secret.trim().to_owned()
+/// Whether `url` may carry an API token: https, or http to a loopback
+/// host, and nothing in it that is a credential. On an error, also the URL
+/// to show instead of the one written, when that one holds a credential.
+fn check_base_url(url: &str) -> Result<(), (Option<String>, String)> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| (None, e.to_string()))?;
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err((None, "no host".into()));
+    }
+    if !parsed.username().is_empty()
+        || parsed.password().is_some()
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+    {
+        let shown = format!(
+            "\"{}://{}{}\" (the rest not shown)",
+            parsed.scheme(),
+            parsed.host_str().unwrap_or_default(),
+            parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+        );
+        return Err((
+            Some(shown),
+            "a base_url carries no user, password, query or fragment: the token comes only from token_file or token_env".into(),
+        ));
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        "http" => Err((
+            None,
+            "http:// would send the API token in clear to a host other than this machine".into(),
+        )),
+        other => Err((None, format!("the scheme {other}:// is not HTTP"))),
+    }
+}
+
+/// Whether `url`'s host is this machine: `localhost` or a loopback address.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The token held by environment variable `var`, from what
+/// `std::env::var(var)` returned. The error names the variable and never
+/// holds its value (a `VarError::NotUnicode` prints it).
+fn token_from_env(var: &str, value: Result<String, std::env::VarError>) -> Result<String, String> {
+    match value {
+        Ok(value) => Ok(value.trim().to_owned()),
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "${var}: environment variable not found in highlander's environment"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "${var}: environment variable holds bytes that are not UTF-8 (not shown: it may be the token)"
+        )),
+    }
+}
+
+/// What a TSIG key file holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TsigKeyFile {
+    pub secret: Vec<u8>,
+    /// The `algorithm` statement's value, lowercase; `None` if the file
+    /// holds the secret alone or the clause has no such statement.
+    pub algorithm: Option<String>,
+}
+
+/// Reads a TSIG key file: either the base64 secret alone, or one
+/// `key "<name>" { algorithm <name>; secret "<base64>"; };` clause as
+/// `tsig-keygen` prints it (comments allowed). Errors name lines and
+/// statements, never the secret or any other text of the file.
+pub fn tsig_key_file(text: &str) -> Result<TsigKeyFile, String> {
+    let is_key = |word: &str| word.eq_ignore_ascii_case("key");
+    let (encoded, algorithm) = match conf_tokens(text) {
+        Ok(tokens) if matches!(tokens.first(), Some((_, Token::Word(w))) if is_key(w)) => {
+            let clause = key_clause(&tokens)?;
+            (clause.secret, clause.algorithm)
         }
-        None => text.trim().to_owned(),
+        Err(why) if text.split_whitespace().next().is_some_and(is_key) => return Err(why),
+        // Anything else is taken as the secret alone, as it always was.
+        _ => (text.trim(), None),
     };
     if encoded.is_empty() {
-        return Err("the file is empty; expected the key's base64 secret".into());
+        return Err("the secret is empty; expected the key's base64 secret".into());
     }
     let secret = data_encoding::BASE64
         .decode(encoded.as_bytes())
@@ -690,5 +799,436 @@ pub fn tsig_secret(text: &str) -> Result<Vec<u8>, String> {
             secret.len()
         ));
     }
-    Ok(secret)
+    Ok(TsigKeyFile {
+        secret,
+        algorithm: algorithm.map(str::to_ascii_lowercase),
+    })
+}
+
+/// The algorithm to sign with: `written` in the config, checked against the
+/// key file's `algorithm` statement; the file's when the config says none.
+fn tsig_algorithm(
+    written: Option<TsigAlgorithm>,
+    in_file: Option<&str>,
+) -> Result<TsigAlgorithm, String> {
+    let Some(in_file) = in_file else {
+        return Ok(written.unwrap_or(TsigAlgorithm::HmacSha256));
+    };
+    match (written, TsigAlgorithm::from_name(in_file)) {
+        (_, None) => Err(format!(
+            "the key file says `algorithm {in_file};`, which highlander does not sign with; make a key with `tsig-keygen -a hmac-sha256` (or hmac-sha512)"
+        )),
+        (Some(written), Some(file)) if written != file => Err(format!(
+            "the key file says `algorithm {};` but tsig_algorithm is \"{}\"; they must match: set tsig_algorithm = \"{}\", or use a {} key",
+            file.name(),
+            written.name(),
+            file.name(),
+            written.name()
+        )),
+        (_, Some(file)) => Ok(file),
+    }
+}
+
+/// One token of a named.conf fragment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Open,
+    Close,
+    Semicolon,
+}
+
+impl Token<'_> {
+    /// How an error names it: never its text, which may be the secret.
+    fn kind(self) -> &'static str {
+        match self {
+            Token::Word(_) => "a word",
+            Token::Quoted(_) => "a quoted string",
+            Token::Open => "`{`",
+            Token::Close => "`}`",
+            Token::Semicolon => "`;`",
+        }
+    }
+}
+
+/// The tokens of a named.conf fragment, each with its line number;
+/// comments (`#`, `//`, `/* */`) dropped.
+fn conf_tokens(text: &str) -> Result<Vec<(usize, Token<'_>)>, String> {
+    let mut tokens = Vec::new();
+    let (mut rest, mut line) = (text, 1);
+    while let Some(c) = rest.chars().next() {
+        let (token, taken) = match c {
+            '\n' => (None, 1),
+            c if c.is_whitespace() => (None, c.len_utf8()),
+            '#' => (None, rest.find('\n').unwrap_or(rest.len())),
+            '/' if rest.starts_with("//") => (None, rest.find('\n').unwrap_or(rest.len())),
+            '/' if rest.starts_with("/*") => match rest.find("*/") {
+                Some(end) => (None, end + 2),
+                None => return Err(format!("line {line}: a /* comment is never closed")),
+            },
+            '{' => (Some(Token::Open), 1),
+            '}' => (Some(Token::Close), 1),
+            ';' => (Some(Token::Semicolon), 1),
+            '"' => match rest[1..].find('"') {
+                Some(end) => (Some(Token::Quoted(&rest[1..=end])), end + 2),
+                None => return Err(format!("line {line}: a quoted string is never closed")),
+            },
+            _ => {
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || "{};\"".contains(c))
+                    .unwrap_or(rest.len());
+                (Some(Token::Word(&rest[..end])), end)
+            }
+        };
+        if let Some(token) = token {
+            tokens.push((line, token));
+        }
+        line += rest[..taken].matches('\n').count();
+        rest = &rest[taken..];
+    }
+    Ok(tokens)
+}
+
+/// The statements of a key clause that highlander reads.
+struct KeyClause<'a> {
+    secret: &'a str,
+    algorithm: Option<&'a str>,
+}
+
+/// Reads `key <name> { <statement>; … };` from all of `tokens`.
+fn key_clause<'a>(tokens: &[(usize, Token<'a>)]) -> Result<KeyClause<'a>, String> {
+    const SHAPE: &str = "expected one clause `key \"<name>\" { algorithm <name>; secret \"<base64>\"; };` as `tsig-keygen` prints it, or the base64 secret alone";
+    let mut at = tokens.iter().copied().skip(1);
+    let last_line = tokens.last().map_or(1, |(line, _)| *line);
+    let mut next = |wanted: &str| {
+        at.next().ok_or_else(|| {
+            format!("line {last_line}: the file ends where {wanted} belongs; {SHAPE}")
+        })
+    };
+    match next("the key's name")? {
+        (_, Token::Word(_) | Token::Quoted(_)) => {}
+        (line, other) => {
+            return Err(format!(
+                "line {line}: {} where the key's name belongs; {SHAPE}",
+                other.kind()
+            ));
+        }
+    }
+    match next("`{`")? {
+        (_, Token::Open) => {}
+        (line, other) => {
+            return Err(format!(
+                "line {line}: {} where `{{` belongs; {SHAPE}",
+                other.kind()
+            ));
+        }
+    }
+    let (mut secret, mut algorithm) = (None, None);
+    loop {
+        let (line, statement) = match next("`}`")? {
+            (_, Token::Close) => break,
+            (line, Token::Word(word)) => (line, word.to_ascii_lowercase()),
+            (line, other) => {
+                return Err(format!(
+                    "line {line}: {} where a statement belongs; {SHAPE}",
+                    other.kind()
+                ));
+            }
+        };
+        let slot = match statement.as_str() {
+            "secret" => &mut secret,
+            "algorithm" => &mut algorithm,
+            // Not echoed: a stray word here may be part of the secret.
+            _ => {
+                return Err(format!(
+                    "line {line}: a statement highlander does not know; {SHAPE}"
+                ));
+            }
+        };
+        let value = match next("the statement's value")? {
+            (_, Token::Word(value) | Token::Quoted(value)) => value.trim(),
+            (line, other) => {
+                return Err(format!(
+                    "line {line}: {} where the {statement} belongs; {SHAPE}",
+                    other.kind()
+                ));
+            }
+        };
+        match next("`;`")? {
+            (_, Token::Semicolon) => {}
+            (line, other) => {
+                return Err(format!(
+                    "line {line}: {} where `;` belongs after the {statement}; {SHAPE}",
+                    other.kind()
+                ));
+            }
+        }
+        if slot.replace(value).is_some() {
+            return Err(format!(
+                "line {line}: a second `{statement}` statement; {SHAPE}"
+            ));
+        }
+    }
+    // The closing `;` is optional here; anything else after it is not.
+    let mut after = at.skip_while(|(_, t)| *t == Token::Semicolon);
+    if let Some((line, _)) = after.next() {
+        return Err(format!("line {line}: more after the key clause; {SHAPE}"));
+    }
+    let secret = secret.ok_or_else(|| {
+        format!("the key clause has no `secret \"<base64>\";` statement; {SHAPE}")
+    })?;
+    Ok(KeyClause { secret, algorithm })
+}
+
+#[cfg(test)]
+mod tests {
+    //! `[[publish]]` validation that keeps secrets secret, and the TSIG key
+    //! file reader.
+
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// A TSIG secret as `tsig-keygen` makes it (32 bytes, base64).
+    const TSIG_SECRET: &str = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTMyYnk=";
+
+    const BASE: &str = r#"
+[cluster]
+secret_file = "cluster.secret"
+[[cluster.nodes]]
+id = 1
+rpc = "127.0.0.1:7101"
+dns = "127.0.0.1:5301"
+api = "127.0.0.1:8101"
+[dns]
+zone = "svc.example."
+[[services]]
+name = "db"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "db1"
+address = "10.0.0.11:5432"
+a = "10.0.0.11"
+"#;
+
+    /// Parses [`BASE`] plus `publish`, with `files` written beside it;
+    /// the error as printed.
+    fn parse(publish: &str, files: &[(&str, &str)]) -> Result<Config, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text);
+        write("cluster.secret", "0123456789abcdef0123").map_err(|e| e.to_string())?;
+        write("api.token", "dop_v1_0123456789abcdef").map_err(|e| e.to_string())?;
+        for (name, text) in files {
+            write(name, text).map_err(|e| e.to_string())?;
+        }
+        Config::parse(
+            &dir.path().join("highlander.toml"),
+            &format!("{BASE}\n{publish}"),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[track_caller]
+    fn refused(publish: &str, files: &[(&str, &str)]) -> String {
+        match parse(publish, files) {
+            Ok(_) => panic!("expected a problem with:\n{publish}"),
+            Err(shown) => shown,
+        }
+    }
+
+    fn digitalocean(base_url: &str) -> String {
+        format!(
+            "[[publish]]\nname = \"do\"\nkind = \"digitalocean\"\nzone = \"example.com.\"\ntoken_file = \"api.token\"\nbase_url = \"{base_url}\"\n"
+        )
+    }
+
+    fn rfc2136(extra: &str) -> String {
+        format!(
+            "[[publish]]\nname = \"ns1\"\nkind = \"rfc2136\"\nzone = \"example.com.\"\nserver = \"192.0.2.53\"\ntsig_key = \"highlander\"\ntsig_secret_file = \"tsig.key\"\n{extra}"
+        )
+    }
+
+    fn tsig(config: &Config) -> &TsigKey {
+        match &config.publish[0].kind {
+            PublishKind::Rfc2136 { tsig, .. } => tsig,
+            other => panic!("expected rfc2136, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_token_env_that_is_not_utf8_is_named_and_never_printed() {
+        let value = OsString::from_vec(b"supersecret-tok\xff".to_vec());
+        let why = token_from_env("CFTOK", Err(std::env::VarError::NotUnicode(value)))
+            .expect_err("not UTF-8");
+        assert!(why.contains("$CFTOK") && why.contains("not UTF-8"), "{why}");
+        assert!(!why.contains("supersecret"), "the token leaked: {why}");
+        let why = token_from_env("CFTOK", Err(std::env::VarError::NotPresent)).expect_err("unset");
+        assert_eq!(
+            why,
+            "$CFTOK: environment variable not found in highlander's environment"
+        );
+        assert_eq!(
+            token_from_env("CFTOK", Ok(" tok-123\n".into())),
+            Ok("tok-123".into())
+        );
+    }
+
+    #[test]
+    fn a_secret_written_inline_is_refused_by_its_key_never_printed() {
+        for key in ["token", "api_token", "secret", "tsig_secret"] {
+            let publish = digitalocean("https://api.digitalocean.com")
+                + &format!("{key} = \"supersecret-inline-value\"\n");
+            let shown = refused(&publish, &[]);
+            assert!(
+                shown.contains(&format!("publish[0].{key} = <redacted>")),
+                "{shown}"
+            );
+            assert!(shown.contains("token_file"), "{shown}");
+            assert!(!shown.contains("supersecret"), "the secret leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn plain_http_base_urls_are_refused_unless_loopback() {
+        let shown = refused(&digitalocean("http://api.example.net/v2"), &[]);
+        assert!(
+            shown.contains("publish[0].base_url = \"http://api.example.net/v2\""),
+            "{shown}"
+        );
+        assert!(shown.contains("in clear"), "{shown}");
+        assert!(
+            shown.contains("http:// only to a loopback address"),
+            "{shown}"
+        );
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://127.0.0.2/api",
+            "http://[::1]:9000",
+            "http://localhost:8080/v4",
+            "https://api.example.net",
+        ] {
+            if let Err(shown) = parse(&digitalocean(local), &[]) {
+                panic!("{local} should be accepted: {shown}");
+            }
+        }
+        assert!(refused(&digitalocean("ftp://api.example.net"), &[]).contains("not HTTP"));
+    }
+
+    #[test]
+    fn a_base_url_carrying_credentials_is_refused_without_printing_them() {
+        for url in [
+            "https://me:supersecret@api.example.net",
+            "https://supersecret@api.example.net",
+            "https://api.example.net/v2?token=supersecret",
+            "https://api.example.net/v2#supersecret",
+        ] {
+            let shown = refused(&digitalocean(url), &[]);
+            assert!(
+                shown.contains(
+                    "publish[0].base_url = \"https://api.example.net\" (the rest not shown)"
+                ),
+                "{shown}"
+            );
+            assert!(!shown.contains("supersecret"), "leaked: {shown}");
+        }
+    }
+
+    #[test]
+    fn a_key_named_like_a_statement_is_read_by_its_statements() {
+        let file = format!(
+            "# made by tsig-keygen\nkey \"my-secret\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{TSIG_SECRET}\";\n}};\n"
+        );
+        let config = parse(&rfc2136(""), &[("tsig.key", &file)]).expect("a valid key file");
+        assert_eq!(tsig(&config).secret.0, b"secret-secret-secret-secret-32by");
+        assert_eq!(tsig(&config).algorithm, TsigAlgorithm::HmacSha256);
+        // Statements in any order, comments of every kind, a bare name.
+        let file = format!(
+            "key secret-key {{ /* sha512 */ secret\n \"{TSIG_SECRET}\"; // the secret\n ALGORITHM \"HMAC-SHA512\"; }}"
+        );
+        let read = tsig_key_file(&file).expect("a valid key clause");
+        assert_eq!(read.algorithm.as_deref(), Some("hmac-sha512"));
+        // The secret alone, as before.
+        let config = parse(&rfc2136(""), &[("tsig.key", &format!("{TSIG_SECRET}\n"))])
+            .expect("a bare secret");
+        assert_eq!(tsig(&config).secret.0, b"secret-secret-secret-secret-32by");
+    }
+
+    #[test]
+    fn the_key_files_algorithm_must_match_tsig_algorithm() {
+        let sha512 =
+            format!("key \"highlander\" {{ algorithm hmac-sha512; secret \"{TSIG_SECRET}\"; }};");
+        let shown = refused(
+            &rfc2136("tsig_algorithm = \"hmac-sha256\"\n"),
+            &[("tsig.key", &sha512)],
+        );
+        assert!(
+            shown.contains("publish[0].tsig_secret_file = \"tsig.key\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "the key file says `algorithm hmac-sha512;` but tsig_algorithm is \"hmac-sha256\""
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("set tsig_algorithm = \"hmac-sha512\""),
+            "{shown}"
+        );
+        // Unset, tsig_algorithm follows the file.
+        let config = parse(&rfc2136(""), &[("tsig.key", &sha512)]).expect("valid");
+        assert_eq!(tsig(&config).algorithm, TsigAlgorithm::HmacSha512);
+        let md5 = sha512.replace("hmac-sha512", "hmac-md5");
+        let shown = refused(&rfc2136(""), &[("tsig.key", &md5)]);
+        assert!(
+            shown.contains("`algorithm hmac-md5;`, which highlander does not sign with"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_key_clause_names_the_line_never_the_secret() {
+        let cases = [
+            (
+                "key \"k\" {\n algorithm hmac-sha256;\n};".to_owned(),
+                "no `secret",
+            ),
+            (
+                format!("key \"k\" {{\n secret \"{TSIG_SECRET}\"\n}};"),
+                "line 3: `}` where `;` belongs",
+            ),
+            (
+                format!("key \"k\" {{\n {TSIG_SECRET};\n}};"),
+                "line 2: a statement highlander does not know",
+            ),
+            (
+                format!("key \"k\" {{ secret \"{TSIG_SECRET}\"; secret \"{TSIG_SECRET}\"; }};"),
+                "a second `secret`",
+            ),
+            (
+                format!("key \"k\" {{ secret \"{TSIG_SECRET}\"; }};\nkey \"j\" {{ }};"),
+                "line 2: more after the key clause",
+            ),
+            (
+                format!("key \"k\" {{ secret \"{TSIG_SECRET}\";"),
+                "the file ends where `}` belongs",
+            ),
+            (
+                format!("key \"k\" {{ secret \"{TSIG_SECRET};\n}};"),
+                "line 1: a quoted string is never closed",
+            ),
+        ];
+        for (file, expected) in cases {
+            let why = tsig_key_file(&file).map(|_| ()).expect_err(&file);
+            assert!(why.contains(expected), "{file}: {why}");
+            assert!(
+                !why.contains(&TSIG_SECRET[..12]),
+                "the secret leaked: {why}"
+            );
+        }
+    }
 }

@@ -8,7 +8,9 @@
 //! refuses that highlander could get wrong (a CNAME beside another record, a
 //! TTL under the minimum, a name outside the zone), and answers 429 with
 //! `Retry-After` when the test asks it to. Tests can also change records
-//! behind highlander's back and read what the fake holds.
+//! behind highlander's back, have the fake refuse writes at a name or stall
+//! its answers to writes, and read what the fake holds and when each request
+//! arrived.
 //!
 //! Records are held in highlander's spelling (absolute names, a CNAME's
 //! target ending in a dot, TXT unquoted) and converted at the API's edge,
@@ -17,6 +19,7 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use axum::Router;
@@ -80,8 +83,12 @@ struct Store {
     /// Answer 429 to this many more requests.
     rate_limited: usize,
     retry_after: u64,
-    /// Every request, as method and path, in order.
-    requests: Vec<(Method, String)>,
+    /// Names (absolute) whose records the fake refuses to create or update.
+    refused_names: Vec<String>,
+    /// How long the fake takes before answering a request that is not a GET.
+    write_delay: Duration,
+    /// Every request, as method, path and arrival time, in order.
+    requests: Vec<(Method, String, Instant)>,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -115,6 +122,8 @@ impl FakeDnsApi {
             page_size: PAGE_SIZE,
             rate_limited: 0,
             retry_after: 1,
+            refused_names: Vec::new(),
+            write_delay: Duration::ZERO,
             requests: Vec::new(),
         }));
         let (routes, base_url) = match flavour {
@@ -198,13 +207,29 @@ impl FakeDnsApi {
         store.retry_after = seconds;
     }
 
+    /// Refuses every later create or update of a record at `name`
+    /// (absolute), as the API refuses a record it finds invalid.
+    pub fn refuse_writes_at(&self, name: &str) {
+        self.store().refused_names.push(name.to_owned());
+    }
+
+    /// Holds every later answer to a request other than a GET for `delay`.
+    pub fn delay_writes(&self, delay: Duration) {
+        self.store().write_delay = delay;
+    }
+
     /// How many requests of `method` the fake has had (429s and 401s included).
     pub fn count(&self, method: &str) -> usize {
         self.store()
             .requests
             .iter()
-            .filter(|(m, _)| m.as_str() == method)
+            .filter(|(m, _, _)| m.as_str() == method)
             .count()
+    }
+
+    /// When each request arrived, in order.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.store().requests.iter().map(|(_, _, at)| *at).collect()
     }
 
     /// How many requests changed something: POST, PUT, PATCH and DELETE.
@@ -220,7 +245,7 @@ impl FakeDnsApi {
         self.store()
             .requests
             .iter()
-            .filter(|(_, p)| p == path)
+            .filter(|(_, p, _)| p == path)
             .count()
     }
 
@@ -254,6 +279,12 @@ impl Store {
             return Some(format!(
                 "Name {} is not in the zone {}",
                 record.name, self.zone
+            ));
+        }
+        if self.refused_names.contains(&record.name) {
+            return Some(format!(
+                "Records at {} are refused by the test",
+                record.name
             ));
         }
         let content_ok = match record.rtype.as_str() {
@@ -354,11 +385,18 @@ impl Store {
 
 /// Counts, rate-limits and authenticates every request, as both APIs do.
 async fn gate(State(store): State<Shared>, request: Request, next: Next) -> Response {
-    let (flavour, refusal) = {
+    let (flavour, refusal, delay) = {
         let mut store = lock(&store);
-        store
-            .requests
-            .push((request.method().clone(), request.uri().path().to_owned()));
+        store.requests.push((
+            request.method().clone(),
+            request.uri().path().to_owned(),
+            Instant::now(),
+        ));
+        let delay = if request.method() == Method::GET {
+            Duration::ZERO
+        } else {
+            store.write_delay
+        };
         let expected = format!("Bearer {}", store.token);
         let given = request
             .headers()
@@ -372,8 +410,9 @@ async fn gate(State(store): State<Shared>, request: Request, next: Next) -> Resp
         } else {
             None
         };
-        (store.flavour, refusal)
+        (store.flavour, refusal, delay)
     };
+    tokio::time::sleep(delay).await;
     match refusal {
         None => next.run(request).await,
         Some((StatusCode::TOO_MANY_REQUESTS, retry_after)) => {

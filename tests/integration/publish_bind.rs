@@ -1,17 +1,21 @@
 //! RFC 2136 publishing against a real BIND 9 that the harness starts: the
 //! record and its epoch marker created and changed, a write based on a
-//! stale read refused by BIND itself (S4), a wrong TSIG key reported
-//! clearly, and a running node following a failover and repairing an edit
-//! made with `nsupdate` behind its back.
+//! stale read refused by BIND itself (S4), a marker that is not UTF-8
+//! matched byte for byte, a server whose UDP is dropped reached over TCP, a
+//! wrong TSIG key reported clearly, and a running node following a failover
+//! and repairing an edit made with `nsupdate` behind its back.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use highlander::config::{Config, Target};
 use highlander::dns::publish::rfc2136::Rfc2136;
-use highlander::dns::publish::{Desired, Marker, Plan, PublishError, Publisher, WriteReason, plan};
+use highlander::dns::publish::{
+    Desired, Marker, Plan, PublishError, Publisher, Unfenced, WriteReason, plan,
+};
 use highlander::node::Node;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::bind::{self, Bind};
@@ -99,7 +103,7 @@ fn marker_text(instance: &str, epoch: u64) -> Vec<String> {
 async fn publish(publisher: &Rfc2136, want: &Desired, expect: WriteReason) -> Result<()> {
     let actual = publisher.read(&want.name).await?;
     assert_eq!(plan(want, &actual), Plan::Write(expect), "{actual:?}");
-    publisher.write(want, &actual).await?;
+    publisher.write(want, &actual, &Unfenced).await?;
     let after = publisher.read(&want.name).await?;
     assert_eq!(plan(want, &after), Plan::InSync, "read back: {after:?}");
     Ok(())
@@ -161,8 +165,82 @@ async fn a_record_set_too_big_for_udp_is_read_over_tcp_and_replaced() -> Result<
     assert_eq!(actual.records.len(), 60, "every record, read over TCP");
     let want = desired(1, "db1", Target::A(Ipv4Addr::new(192, 0, 2, 1)));
     assert_eq!(plan(&want, &actual), Plan::Write(WriteReason::Adopt));
-    publisher.write(&want, &actual).await?;
+    publisher.write(&want, &actual, &Unfenced).await?;
     assert_eq!(bind.data(RECORD, "A")?, ["192.0.2.1"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_marker_that_is_not_utf8_is_matched_byte_for_byte() -> Result<()> {
+    let bind = bind::start()?;
+    let dir = ConfigDir::new()?;
+    let publisher = publisher(&dir, &config_text(&bind, &right_key(&bind)))?;
+    let marker = format!("_highlander.{RECORD}");
+    // Left by hand, with the byte 0xff in its first string.
+    bind.nsupdate(&format!(
+        "update add {marker} 30 TXT \"instance=db1\\255\" \"epoch=1\""
+    ))?;
+    let actual = publisher.read(RECORD).await?;
+    assert_eq!(
+        actual.markers[0].value,
+        [b"instance=db1\xff".to_vec(), b"epoch=1".to_vec()]
+    );
+    // The update's prerequisite must name that marker exactly, or BIND
+    // refuses it (NXRRSET) at every pass.
+    let a = Target::A(Ipv4Addr::new(192, 0, 2, 1));
+    publish(&publisher, &desired(2, "db1", a), WriteReason::Create).await?;
+    assert_eq!(bind.data(&marker, "TXT")?, marker_text("db1", 2));
+    Ok(())
+}
+
+/// A loopback port where UDP is bound but never answered, and TCP is
+/// relayed to `to`: a server behind a firewall that drops UDP.
+async fn udp_dropped_tcp_relayed(
+    to: SocketAddr,
+) -> Result<(SocketAddr, UdpSocket, tokio::task::JoinHandle<()>)> {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await?;
+        let addr = udp.local_addr()?;
+        // The same port for TCP is usually free; else try another.
+        let Ok(tcp) = TcpListener::bind(addr).await else {
+            continue;
+        };
+        let relay = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = tcp.accept().await {
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        return Ok((addr, udp, relay));
+    }
+    bail!("no loopback port free for both UDP and TCP")
+}
+
+#[tokio::test]
+async fn a_server_that_drops_udp_is_asked_over_tcp_in_the_time_left() -> Result<()> {
+    let bind = bind::start()?;
+    let (addr, _udp, relay) = udp_dropped_tcp_relayed(bind.addr()).await?;
+    let dir = ConfigDir::new()?;
+    // 600 ms per exchange: 300 ms for UDP, the rest for TCP.
+    let text = config_text(&bind, &right_key(&bind))
+        .replace(&bind.addr().to_string(), &addr.to_string())
+        .replace("timeout = \"2s\"", "timeout = \"600ms\"");
+    let publisher = publisher(&dir, &text)?;
+    let a = Target::A(Ipv4Addr::new(192, 0, 2, 1));
+    publish(&publisher, &desired(1, "db1", a), WriteReason::Create).await?;
+    assert_eq!(bind.data(RECORD, "A")?, ["192.0.2.1"]);
+    // With TCP gone too, the error says what was tried.
+    relay.abort();
+    let _ = relay.await;
+    let error = publisher.read(RECORD).await.err();
+    let Some(PublishError::Unreachable(why)) = &error else {
+        bail!("expected the server to be unreachable, got {error:?}");
+    };
+    assert!(why.contains("no answer over UDP within 300ms"), "{why}");
+    assert!(why.contains("TCP"), "{why}");
     Ok(())
 }
 
@@ -180,10 +258,10 @@ async fn bind_refuses_a_write_based_on_a_stale_read() -> Result<()> {
     // Two writers that both saw an empty zone: only the first create lands.
     let empty = old_leader.read(RECORD).await?;
     new_leader
-        .write(&desired(1, "db1", db1.clone()), &empty)
+        .write(&desired(1, "db1", db1.clone()), &empty, &Unfenced)
         .await?;
     let late = old_leader
-        .write(&desired(1, "db1", db1.clone()), &empty)
+        .write(&desired(1, "db1", db1.clone()), &empty, &Unfenced)
         .await;
     assert!(
         matches!(&late, Err(PublishError::Conflict(why)) if why.contains("YXRRSET")),
@@ -195,10 +273,10 @@ async fn bind_refuses_a_write_based_on_a_stale_read() -> Result<()> {
     let stale = old_leader.read(RECORD).await?;
     let fresh = new_leader.read(RECORD).await?;
     new_leader
-        .write(&desired(3, "db2", db2.clone()), &fresh)
+        .write(&desired(3, "db2", db2.clone()), &fresh, &Unfenced)
         .await?;
     let refused = old_leader
-        .write(&desired(2, "db1", db1.clone()), &stale)
+        .write(&desired(2, "db1", db1.clone()), &stale, &Unfenced)
         .await;
     match &refused {
         Err(PublishError::Conflict(why)) => {
@@ -256,6 +334,7 @@ async fn a_wrong_tsig_key_is_reported_clearly() -> Result<()> {
         .write(
             &desired(1, "db1", Target::A(Ipv4Addr::new(192, 0, 2, 1))),
             &Default::default(),
+            &Unfenced,
         )
         .await
         .err();

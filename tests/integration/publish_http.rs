@@ -1,23 +1,26 @@
 //! The DigitalOcean and Cloudflare publishers against local fakes of their
 //! APIs: creating, changing and repairing a record and its marker,
-//! pagination, rate limits, a wrong token, and the reconcile loop
-//! (`Publishers`) under a leader the test controls.
+//! pagination, rate limits, a wrong token, a write fenced by the lease, and
+//! the reconcile loop (`Publishers`) under a leader the test controls,
+//! failing as well as succeeding.
 //!
 //! Every scenario runs against both APIs (`digitalocean::…` and
 //! `cloudflare::…`).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use highlander::config::{
     ApiToken, Config, PublishConfig, PublishKind, Secret, Target, TokenSource,
 };
 use highlander::dns::publish::{
-    self, Desired, Leader, Marker, Plan, PublishError, Publisher, Publishers, WriteReason,
+    self, Desired, Leader, Lease, Marker, Plan, PublishError, Publisher, Publishers, Unfenced,
+    WriteReason,
 };
+use highlander::metrics::{Metrics, ScrapeView};
 use highlander::model::{AppliedState, Command, Epoch, PublishStatus, Reason, RecordState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +65,11 @@ for_both_apis!(
     a_wrong_token_is_refused_naming_its_source_never_the_token,
     publishers_follow_the_active_instance_only_while_leading,
     an_older_epoch_is_never_written_over_a_newer_marker,
+    a_write_stops_at_the_first_request_after_the_lease_ran_out,
+    no_request_of_a_write_outlives_the_lease,
+    a_rate_limited_loop_sends_nothing_until_retry_after_then_clears_its_error,
+    a_wrong_token_under_the_loop_names_its_source_and_backs_off,
+    one_refused_record_does_not_keep_the_others_from_being_published,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -122,7 +130,7 @@ async fn reconcile(publisher: &dyn Publisher, want: &Desired) -> Result<Plan> {
     let actual = publisher.read(&want.name).await?;
     let plan = publish::plan(want, &actual);
     if let Plan::Write(_) = plan {
-        publisher.write(want, &actual).await?;
+        publisher.write(want, &actual, &Unfenced).await?;
     }
     let after = publisher.read(&want.name).await?;
     ensure!(
@@ -290,7 +298,7 @@ async fn a_rate_limit_is_reported_with_the_servers_retry_after(flavour: Flavour)
     let want = desired("db1", 1, a(1));
     let actual = publisher.read(NAME).await?;
     fake.rate_limit(1, 2);
-    let first = publisher.write(&want, &actual).await;
+    let first = publisher.write(&want, &actual, &Unfenced).await;
     assert!(
         matches!(first, Err(PublishError::RateLimited { retry_after, .. }) if retry_after == Duration::from_secs(2)),
         "{first:?}"
@@ -338,8 +346,10 @@ struct FakeLeader {
 }
 
 impl Leader for FakeLeader {
-    fn is_acting_leader(&self) -> bool {
-        self.leading.load(Ordering::SeqCst)
+    fn acting_for(&self) -> Option<Duration> {
+        self.leading
+            .load(Ordering::SeqCst)
+            .then_some(Duration::from_secs(10))
     }
 
     fn applied(&self) -> watch::Receiver<Arc<AppliedState>> {
@@ -357,13 +367,18 @@ impl FakeLeader {
 
     /// Applies "make `instance` of db active at `epoch`".
     fn activate(&self, instance: &str, epoch: u64) {
+        self.activate_in("db", instance, epoch);
+    }
+
+    /// Applies "make `instance` of `service` active at `epoch`".
+    fn activate_in(&self, service: &str, instance: &str, epoch: u64) {
         self.applied.send_modify(|applied| {
             let mut next = AppliedState::clone(applied);
             next.index += 1;
             next.state.apply(
                 next.index,
                 &Command::Activate {
-                    service: "db".into(),
+                    service: service.into(),
                     instance: instance.into(),
                     epoch: Epoch(epoch),
                     reason: Reason::Failover,
@@ -378,11 +393,21 @@ impl FakeLeader {
 
 /// A config with service db (db1 answers an A, db2 a CNAME) published to `fake`.
 fn config(fake: &FakeDnsApi, dir: &tempfile::TempDir) -> Result<Arc<Config>> {
+    config_with(fake, dir, TOKEN, "")
+}
+
+/// [`config`] with `token` in the token file and `more` TOML at the end.
+fn config_with(
+    fake: &FakeDnsApi,
+    dir: &tempfile::TempDir,
+    token: &str,
+    more: &str,
+) -> Result<Arc<Config>> {
     std::fs::write(
         dir.path().join("cluster.secret"),
         "integration-test-secret-0123456789",
     )?;
-    std::fs::write(dir.path().join("api.token"), format!("{TOKEN}\n"))?;
+    std::fs::write(dir.path().join("api.token"), format!("{token}\n"))?;
     let text = format!(
         r#"
 [cluster]
@@ -418,6 +443,7 @@ token_file = "api.token"
 ttl = "60s"
 interval = "1s"
 timeout = "2s"
+{more}
 "#,
         kind = fake.flavour.kind(),
         base_url = fake.base_url,
@@ -435,7 +461,22 @@ fn run(
     CancellationToken,
     tokio::task::JoinHandle<()>,
 )> {
-    let publishers = Publishers::new(config).map_err(anyhow::Error::msg)?;
+    run_counted(config, leader, Metrics::new())
+}
+
+/// [`run`], counting in `metrics`.
+fn run_counted(
+    config: Arc<Config>,
+    leader: Arc<FakeLeader>,
+    metrics: Metrics,
+) -> Result<(
+    highlander::model::PublishBoard,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+)> {
+    let publishers = Publishers::new(config)
+        .map_err(anyhow::Error::msg)?
+        .with_metrics(metrics);
     let board = publishers.board();
     let cancel = CancellationToken::new();
     let task = tokio::spawn(publishers.run(leader, cancel.clone()));
@@ -544,5 +585,296 @@ async fn an_older_epoch_is_never_written_over_a_newer_marker(flavour: Flavour) -
 
     cancel.cancel();
     task.await?;
+    Ok(())
+}
+
+/// `highlander_publisher_failures_total` for the target `fake` and `kind`.
+fn failures_counted(metrics: &Metrics, kind: &str) -> u64 {
+    let labels = format!("{{publisher=\"fake\",kind=\"{kind}\"}}");
+    metrics
+        .render(ScrapeView::default())
+        .lines()
+        .find(|line| line.starts_with(&format!("highlander_publisher_failures_total{labels}")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------- failing passes
+
+async fn a_rate_limited_loop_sends_nothing_until_retry_after_then_clears_its_error(
+    flavour: Flavour,
+) -> Result<()> {
+    let fake = FakeDnsApi::start(flavour, ZONE, TOKEN).await?;
+    let retry_after = Duration::from_secs(2);
+    fake.rate_limit(1, retry_after.as_secs());
+    let dir = tempfile::tempdir()?;
+    let leader = FakeLeader::new(true);
+    leader.activate("db1", 1);
+    let metrics = Metrics::new();
+    let (board, cancel, task) = run_counted(config(&fake, &dir)?, leader.clone(), metrics.clone())?;
+
+    let limited = eventually(DEADLINE, "the board says rate-limited", || async {
+        let status = status(&board)?;
+        Ok(status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("rate-limited"))
+            .then_some(status))
+    })
+    .await?;
+    let error = limited.last_error.clone().unwrap_or_default();
+    assert!(error.contains("retrying after 2s"), "{error}");
+    assert!(limited.last_error_at.is_some());
+    assert_eq!(limited.failures, 1);
+    assert!(!limited.in_sync);
+    assert_eq!(failures_counted(&metrics, "rate-limited"), 1);
+    // An applied change does not cut a rate limit's wait short.
+    leader.activate("db2", 2);
+
+    let synced = in_sync_at(&board, 2).await?;
+    let arrivals = fake.arrivals();
+    let waited = arrivals[1].duration_since(arrivals[0]);
+    assert!(
+        waited >= retry_after,
+        "the second request came {waited:?} after the 429, before Retry-After ({retry_after:?})"
+    );
+    // In sync again: the status no longer says it fails, but keeps when it did.
+    assert_eq!(synced.last_error, None);
+    assert_eq!(synced.last_error_at, limited.last_error_at);
+    assert_eq!(synced.failures, 0);
+    assert_holds(&fake, ("CNAME", "db2.internal.example."), ("db2", 2));
+
+    cancel.cancel();
+    task.await?;
+    Ok(())
+}
+
+async fn a_wrong_token_under_the_loop_names_its_source_and_backs_off(
+    flavour: Flavour,
+) -> Result<()> {
+    let fake = FakeDnsApi::start(flavour, ZONE, TOKEN).await?;
+    let dir = tempfile::tempdir()?;
+    let wrong = "wrong-token-fedcba9876543210";
+    let leader = FakeLeader::new(true);
+    leader.activate("db1", 1);
+    let metrics = Metrics::new();
+    let config = config_with(&fake, &dir, wrong, "")?;
+    let (board, cancel, task) = run_counted(config, leader, metrics.clone())?;
+
+    // Every pass is one refused request: four passes, three waits.
+    let failing = eventually(Duration::from_secs(15), "four failed passes", || async {
+        let status = status(&board)?;
+        Ok((status.failures >= 4 && fake.requests() >= 4).then_some(status))
+    })
+    .await?;
+    let error = failing.last_error.clone().unwrap_or_default();
+    let source = format!("token from {}", dir.path().join("api.token").display());
+    assert!(error.contains(&source), "{error}");
+    assert!(!error.contains(wrong) && !error.contains(TOKEN), "{error}");
+    assert!(!failing.in_sync);
+    assert!(failures_counted(&metrics, "refused") >= 4);
+    assert_eq!(fake.writes(), 0);
+    // The waits double (1 s, 2 s, 4 s, each scaled by 0.5 to 1).
+    let arrivals = fake.arrivals();
+    let waits: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(waits[1] >= Duration::from_secs(1), "{waits:?}");
+    assert!(waits[2] >= Duration::from_secs(2), "{waits:?}");
+
+    cancel.cancel();
+    task.await?;
+    Ok(())
+}
+
+async fn one_refused_record_does_not_keep_the_others_from_being_published(
+    flavour: Flavour,
+) -> Result<()> {
+    let fake = FakeDnsApi::start(flavour, ZONE, TOKEN).await?;
+    // db comes first in the config, and every write to it is refused.
+    fake.refuse_writes_at(NAME);
+    let web = "web.example.com.";
+    let dir = tempfile::tempdir()?;
+    let leader = FakeLeader::new(true);
+    leader.activate("db1", 1);
+    leader.activate_in("web", "web1", 1);
+    let more = r#"
+[[services]]
+name = "web"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "web1"
+address = "10.0.0.21:80"
+a = "192.0.2.21"
+"#;
+    let config = config_with(&fake, &dir, TOKEN, more)?;
+    let (board, cancel, task) = run(config, leader)?;
+
+    let status = eventually(DEADLINE, "web in sync while db fails", || async {
+        let status = status(&board)?;
+        let web_synced = status
+            .records
+            .iter()
+            .any(|r| r.name == web && r.state == RecordState::InSync);
+        Ok(web_synced.then_some(status))
+    })
+    .await?;
+    let states: Vec<(&str, RecordState)> = status
+        .records
+        .iter()
+        .map(|r| (r.service.as_str(), r.state))
+        .collect();
+    assert_eq!(
+        states,
+        [("db", RecordState::Failed), ("web", RecordState::InSync)]
+    );
+    let db = &status.records[0];
+    let detail = db.detail.clone().unwrap_or_default();
+    assert!(detail.contains("refused by the test"), "{detail}");
+    let error = status.last_error.clone().unwrap_or_default();
+    assert!(error.contains(NAME), "{error}");
+    assert!(status.failures >= 1 && !status.in_sync);
+    let published: Vec<String> = fake
+        .at(web)
+        .into_iter()
+        .map(|r| format!("{} {}", r.rtype, r.content))
+        .collect();
+    assert_eq!(published, ["A 192.0.2.21"]);
+    assert!(fake.at(NAME).is_empty());
+
+    cancel.cancel();
+    task.await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the lease fences writes
+
+/// A lease that holds for `checks` more checks, then is gone: a leader
+/// deposed in the middle of a write.
+struct RunsOut(AtomicUsize);
+
+impl Lease for RunsOut {
+    fn left(&self) -> Option<Duration> {
+        let held = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        held.then_some(Duration::from_secs(10))
+    }
+}
+
+/// A lease with a fixed time left.
+struct Left(Duration);
+
+impl Lease for Left {
+    fn left(&self) -> Option<Duration> {
+        Some(self.0)
+    }
+}
+
+async fn a_write_stops_at_the_first_request_after_the_lease_ran_out(
+    flavour: Flavour,
+) -> Result<()> {
+    let (fake, publisher) = start(flavour).await?;
+    let want = desired("db1", 1, a(1));
+    let actual = publisher.read(NAME).await?;
+    // The record goes out; by the marker's request the lease is gone.
+    let result = publisher
+        .write(&want, &actual, &RunsOut(AtomicUsize::new(1)))
+        .await;
+    match &result {
+        Err(PublishError::Deposed(why)) => assert!(why.contains("no longer leads"), "{why}"),
+        other => bail!("expected the write to stop, got {other:?}"),
+    }
+    assert_eq!(fake.writes(), 1);
+    assert_eq!(holding(&fake).1, Vec::<String>::new(), "no marker written");
+    // Deposed before it starts: not a single request.
+    let requests = fake.requests();
+    let result = publisher
+        .write(&want, &actual, &RunsOut(AtomicUsize::new(0)))
+        .await;
+    assert!(
+        matches!(result, Err(PublishError::Deposed(_))),
+        "{result:?}"
+    );
+    assert_eq!(fake.requests(), requests);
+    Ok(())
+}
+
+async fn no_request_of_a_write_outlives_the_lease(flavour: Flavour) -> Result<()> {
+    // The target's timeout is 5 s; the lease has 300 ms left.
+    let (fake, publisher) = start(flavour).await?;
+    let want = desired("db1", 1, a(1));
+    let actual = publisher.read(NAME).await?;
+    fake.delay_writes(Duration::from_secs(3));
+    let started = Instant::now();
+    let result = publisher
+        .write(&want, &actual, &Left(Duration::from_millis(300)))
+        .await;
+    let took = started.elapsed();
+    match &result {
+        Err(PublishError::Unreachable(why)) => assert!(why.contains("within 300ms"), "{why}"),
+        other => bail!("expected the request to be cut off, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    Ok(())
+}
+
+#[test]
+fn a_token_env_that_is_not_utf8_is_named_but_never_printed() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("cluster.secret"),
+        "integration-test-secret-0123456789",
+    )?;
+    let file = dir.path().join("highlander.toml");
+    std::fs::write(
+        &file,
+        r#"
+[cluster]
+secret_file = "cluster.secret"
+[[cluster.nodes]]
+id = 1
+rpc = "127.0.0.1:7101"
+dns = "127.0.0.1:5301"
+api = "127.0.0.1:8101"
+[dns]
+zone = "svc.example."
+[[services]]
+name = "db"
+[services.check]
+kind = "tcp"
+[[services.instances]]
+name = "db1"
+address = "10.0.0.11:5432"
+a = "192.0.2.11"
+[[publish]]
+name = "cf"
+kind = "cloudflare"
+zone = "example.com."
+token_env = "CFTOK"
+"#,
+    )?;
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_highlander"))
+        .arg("check-config")
+        .arg(&file)
+        .env("CFTOK", std::ffi::OsStr::from_bytes(b"supersecret-tok\xff"))
+        .output()?;
+    let shown = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{shown}");
+    assert!(
+        shown.contains("publish[0].token_env = \"CFTOK\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("$CFTOK") && shown.contains("not UTF-8"),
+        "{shown}"
+    );
+    assert!(!shown.contains("supersecret"), "the token leaked: {shown}");
     Ok(())
 }

@@ -83,10 +83,9 @@ impl Cloudflare {
             }
         };
         let zones: Vec<Zone> = self.result(&what, &body)?.result.unwrap_or_default();
-        zones
+        let zone = zones
             .into_iter()
             .find(|z| z.name.eq_ignore_ascii_case(&self.zone_name))
-            .map(|z| z.id)
             .ok_or_else(|| {
                 PublishError::Refused(format!(
                     "cannot {what}: {} lists no zone named {} to the {}; check the zone's name, that the token is granted Zone → Zone → Read on it, or set zone_id",
@@ -94,7 +93,10 @@ impl Cloudflare {
                     self.zone_name,
                     self.api.token_source()
                 ))
-            })
+            })?;
+        // It goes into every later request's path.
+        http::path_id(&self.api, &zone.id)?;
+        Ok(zone.id)
     }
 
     /// A 2xx envelope, refused when it says `success: false`.

@@ -7,6 +7,11 @@
 //! and writing are done here, once, so both APIs fence and order writes the
 //! same way.
 //!
+//! These APIs have no conditional write, so a write is fenced by the
+//! leader's lease instead: checked before every request, and no request
+//! given longer than the lease has left ([`Api::call_leased`]). Record ids
+//! from the API go into URL paths only if they are plain ([`path_id`]).
+//!
 //! Nothing here may put the token in an error, a log line or a status:
 //! every message is written from the request's purpose, the status and the
 //! API's own error text (with the token scrubbed out, should a server echo
@@ -21,7 +26,7 @@ use async_trait::async_trait;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 
-use super::{Actual, Desired, Found, Marker, PublishError, Publisher};
+use super::{Actual, Desired, Found, Lease, Marker, PublishError, Publisher};
 use crate::config::{ApiToken, Target, TokenSource};
 use crate::health::probe::describe_http_error;
 
@@ -116,6 +121,47 @@ impl Api {
         body: Option<serde_json::Value>,
         what: &str,
     ) -> Result<Reply, PublishError> {
+        self.call_within(method, path, query, body, what, self.timeout)
+            .await
+    }
+
+    /// [`Api::call`] for one request of a write: sent only while `lease`
+    /// holds, and given no longer than the lease has left.
+    pub async fn call_leased(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        what: &str,
+        lease: &dyn Lease,
+    ) -> Result<Reply, PublishError> {
+        // No conditional write exists in these APIs: the lease is the fence.
+        let Some(left) = lease.left() else {
+            return Err(PublishError::Deposed(format!(
+                "did not {what}: this node no longer leads"
+            )));
+        };
+        let sent = self
+            .call_within(method, path, &[], body, what, self.timeout.min(left))
+            .await;
+        match sent {
+            Err(error) if lease.left().is_none() => Err(PublishError::Deposed(format!(
+                "this node's leadership ran out during the request to {what} ({error})"
+            ))),
+            sent => sent,
+        }
+    }
+
+    /// [`Api::call`] with its own `timeout`.
+    async fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Reply, PublishError> {
         let mut url = Url::parse(&format!("{}{path}", self.base_url)).map_err(|e| {
             PublishError::Refused(format!(
                 "cannot {what}: {}{path} is not a URL ({e}); check base_url",
@@ -128,7 +174,7 @@ impl Api {
         let mut request = self
             .client
             .request(method, url)
-            .timeout(self.timeout)
+            .timeout(timeout)
             .header(AUTHORIZATION, self.authorization.clone());
         if let Some(body) = body {
             request = request
@@ -148,22 +194,22 @@ impl Api {
             }
             Ok::<_, reqwest::Error>((status, headers, Some(bytes)))
         };
-        // reqwest's timeout covers the whole exchange; this outer one is a guard.
-        let (status, headers, body) =
-            tokio::time::timeout(self.timeout + Duration::from_secs(1), exchange)
-                .await
-                .map_err(|_| self.timed_out(what))?
-                .map_err(|e| {
-                    if e.is_timeout() {
-                        self.timed_out(what)
-                    } else {
-                        PublishError::Unreachable(format!(
-                            "cannot {what}: {} is unreachable ({}); check base_url and the network",
-                            self.label,
-                            describe_http_error(&e)
-                        ))
-                    }
-                })?;
+        // reqwest's timeout covers the whole exchange; this one is a guard
+        // that holds even if a body trickles in.
+        let (status, headers, body) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| self.timed_out(what, timeout))?
+            .map_err(|e| {
+                if e.is_timeout() {
+                    self.timed_out(what, timeout)
+                } else {
+                    PublishError::Unreachable(format!(
+                        "cannot {what}: {} is unreachable ({}); check base_url and the network",
+                        self.label,
+                        describe_http_error(&e)
+                    ))
+                }
+            })?;
         let Some(body) = body else {
             return Err(PublishError::Unreachable(format!(
                 "cannot {what}: {} sent a response larger than {} MiB",
@@ -180,11 +226,11 @@ impl Api {
         Err(self.refusal(what, status, &headers, &body, SystemTime::now()))
     }
 
-    fn timed_out(&self, what: &str) -> PublishError {
+    fn timed_out(&self, what: &str, timeout: Duration) -> PublishError {
         PublishError::Unreachable(format!(
             "cannot {what}: {} did not answer within {}; check the network, or raise timeout",
             self.label,
-            humantime::format_duration(self.timeout)
+            humantime::format_duration(timeout)
         ))
     }
 
@@ -453,14 +499,18 @@ pub async fn list(
     .await
 }
 
-/// Creates `record`.
-pub async fn create(api: &dyn RecordApi, record: &Wanted) -> Result<(), PublishError> {
+/// Creates `record`, while `lease` holds.
+pub async fn create(
+    api: &dyn RecordApi,
+    record: &Wanted,
+    lease: &dyn Lease,
+) -> Result<(), PublishError> {
     let what = format!("create {}", record.shown());
     let path = api.records_path().await?;
     let body = Some(api.body(record));
     match api
         .api()
-        .call(Method::POST, &path, &[], body, &what)
+        .call_leased(Method::POST, &path, body, &what, lease)
         .await?
     {
         Reply::Ok(body) => api.accepted(&what, &body),
@@ -468,13 +518,23 @@ pub async fn create(api: &dyn RecordApi, record: &Wanted) -> Result<(), PublishE
     }
 }
 
-/// Replaces the record `id` with `record`. A record that is gone is a
-/// [`PublishError::Conflict`]: someone else wrote since the read.
-pub async fn update(api: &dyn RecordApi, id: &str, record: &Wanted) -> Result<(), PublishError> {
+/// Replaces the record `id` with `record`, while `lease` holds. A record
+/// that is gone is a [`PublishError::Conflict`]: someone else wrote since
+/// the read.
+pub async fn update(
+    api: &dyn RecordApi,
+    id: &str,
+    record: &Wanted,
+    lease: &dyn Lease,
+) -> Result<(), PublishError> {
     let what = format!("update record {id} to {}", record.shown());
-    let path = format!("{}/{id}", api.records_path().await?);
+    let path = format!("{}/{}", api.records_path().await?, path_id(api.api(), id)?);
     let body = Some(api.body(record));
-    match api.api().call(Method::PUT, &path, &[], body, &what).await? {
+    match api
+        .api()
+        .call_leased(Method::PUT, &path, body, &what, lease)
+        .await?
+    {
         Reply::Ok(body) => api.accepted(&what, &body),
         Reply::NotFound(_) => Err(PublishError::Conflict(format!(
             "{} cannot {what}: the record is gone since it was read, so someone else changed {}",
@@ -484,19 +544,45 @@ pub async fn update(api: &dyn RecordApi, id: &str, record: &Wanted) -> Result<()
     }
 }
 
-/// Deletes the record `id` (`shown` names it in errors).
-pub async fn delete(api: &dyn RecordApi, id: &str, shown: &str) -> Result<(), PublishError> {
+/// Deletes the record `id` (`shown` names it in errors), while `lease` holds.
+pub async fn delete(
+    api: &dyn RecordApi,
+    id: &str,
+    shown: &str,
+    lease: &dyn Lease,
+) -> Result<(), PublishError> {
     let what = format!("delete record {id} ({shown})");
-    let path = format!("{}/{id}", api.records_path().await?);
+    let path = format!("{}/{}", api.records_path().await?, path_id(api.api(), id)?);
     match api
         .api()
-        .call(Method::DELETE, &path, &[], None, &what)
+        .call_leased(Method::DELETE, &path, None, &what, lease)
         .await?
     {
         Reply::Ok(body) => api.accepted(&what, &body),
         // Already gone is what a delete wants.
         Reply::NotFound(_) => Ok(()),
     }
+}
+
+/// `id`, as the API gave it, checked for use as a URL path segment: only
+/// letters, digits, `-` and `_`, as DigitalOcean's and Cloudflare's ids
+/// are. Anything else (a `/`, `..`, `?`) could point the request, and the
+/// token with it, at another resource, and percent-encoding does not help
+/// with `..` (URL parsers read `%2e%2e` as `..`).
+pub fn path_id<'a>(api: &Api, id: &'a str) -> Result<&'a str, PublishError> {
+    let plain = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return Ok(id);
+    }
+    let shown: String = id.chars().take(64).collect();
+    Err(PublishError::Refused(format!(
+        "{} gave the id {shown:?}, which highlander does not put in a URL; expected 1 to 64 letters, digits, '-' or '_'",
+        api.label()
+    )))
 }
 
 /// The record type that holds markers.
@@ -509,8 +595,13 @@ impl<T: RecordApi> Publisher for T {
         read(self, name).await
     }
 
-    async fn write(&self, desired: &Desired, actual: &Actual) -> Result<(), PublishError> {
-        write(self, desired, actual).await
+    async fn write(
+        &self,
+        desired: &Desired,
+        actual: &Actual,
+        lease: &dyn Lease,
+    ) -> Result<(), PublishError> {
+        write(self, desired, actual, lease).await
     }
 }
 
@@ -552,7 +643,7 @@ pub fn actual(name: &str, records: &[Listed], markers: &[Listed]) -> Actual {
         markers: markers
             .iter()
             .filter(|l| l.name == marker_name && l.rtype == MARKER_TYPE)
-            .map(|l| found(l, vec![l.content.clone()]))
+            .map(|l| found(l, vec![l.content.clone().into_bytes()]))
             .collect(),
     }
 }
@@ -620,7 +711,11 @@ pub fn steps(desired: &Desired, actual: &Actual) -> Result<Vec<Step>, PublishErr
         if chosen.index() != Some(i) {
             steps.push(Step::Delete {
                 id: id(found, &marker.name)?,
-                shown: format!("TXT {:?} at {}", found.value.join(" "), marker.name),
+                shown: format!(
+                    "TXT {:?} at {}",
+                    String::from_utf8_lossy(&found.value.join(&b' ')),
+                    marker.name
+                ),
             });
         }
     }
@@ -683,17 +778,19 @@ fn id<T>(found: &Found<T>, name: &str) -> Result<String, PublishError> {
     })
 }
 
-/// Makes `api` hold `desired`, by the [`steps`] from `actual`.
+/// Makes `api` hold `desired`, by the [`steps`] from `actual`, each
+/// request sent only while `lease` holds.
 pub async fn write(
     api: &dyn RecordApi,
     desired: &Desired,
     actual: &Actual,
+    lease: &dyn Lease,
 ) -> Result<(), PublishError> {
     for step in steps(desired, actual)? {
         match &step {
-            Step::Delete { id, shown } => delete(api, id, shown).await?,
-            Step::Update { id, record } => update(api, id, record).await?,
-            Step::Create { record } => create(api, record).await?,
+            Step::Delete { id, shown } => delete(api, id, shown, lease).await?,
+            Step::Update { id, record } => update(api, id, record, lease).await?,
+            Step::Create { record } => create(api, record, lease).await?,
         }
     }
     Ok(())

@@ -9,7 +9,9 @@
 //! ([`plan`]) and writes only what differs. A pass runs at once after every
 //! applied change, and every `interval` otherwise, so a record edited by
 //! hand is repaired. A failed pass is retried with exponential backoff and
-//! jitter; a rate limit's `Retry-After` is honoured as given.
+//! jitter; a rate limit's `Retry-After` is honoured as given. A record
+//! that fails does not stop the pass: the others are still read and
+//! written, and the wait before the next pass follows the worst error.
 //!
 //! **Fencing (S4).** Beside each record the target keeps a marker, a TXT
 //! record at `_highlander.<record>` holding the instance and its epoch
@@ -20,12 +22,16 @@
 //! - an RFC 2136 update carries a prerequisite that the marker is exactly
 //!   what was read (or absent), so a write based on a stale read is refused
 //!   by the server itself, atomically;
-//! - the HTTP APIs offer no conditional write, so there the guard is the
-//!   read just before the write and the leadership check right before each
-//!   write: a deposed leader stops before its lease ends, and the remaining
-//!   window is one write (the few requests that replace a record, then its
-//!   marker). The next leader's pass reads back and repairs anything written
-//!   late.
+//! - the HTTP APIs (DigitalOcean, Cloudflare) offer no conditional write,
+//!   so for them S4 is weaker: *leader-checked per request, plus read-back
+//!   repair*. The marker is read just before the write; the lease
+//!   ([`Lease`]) is checked again before every request of the write, and
+//!   no request may take longer than the lease has left. A deposed leader
+//!   therefore sends nothing once its lease has run out, but a request it
+//!   sent just before can still land after a new leader's write; the
+//!   window is one request in flight. The next leader's passes read back
+//!   and repair anything written late (within `interval`): a late write
+//!   carries an older epoch, so it never makes the new leader hold off.
 //!
 //! Nothing here proposes to the cluster or blocks the decide loop or DNS.
 //! Secrets never reach a log line, an error or the status: every error is
@@ -75,10 +81,41 @@ pub const MARKER_LABEL: &str = "_highlander";
 
 /// What the publishers need from the cluster; a trait so tests can fake it.
 pub trait Leader: Send + Sync + 'static {
+    /// How much longer this node may act as the leader without hearing
+    /// from a quorum again; `None` when it may not act now.
+    fn acting_for(&self) -> Option<Duration>;
     /// Whether this node may act as the leader now.
-    fn is_acting_leader(&self) -> bool;
+    fn is_acting_leader(&self) -> bool {
+        self.acting_for().is_some()
+    }
     /// The applied state, updated after every apply.
     fn applied(&self) -> watch::Receiver<Arc<AppliedState>>;
+}
+
+/// The leadership a write is made under. A publisher checks it before
+/// every request of a write and never lets a request outlive it.
+pub trait Lease: Send + Sync {
+    /// How long this node may still act as the leader; `None` once it may not.
+    fn left(&self) -> Option<Duration>;
+}
+
+/// A lease that never runs out, for writes fenced some other way: tests
+/// and tools that write outside the reconcile loop.
+pub struct Unfenced;
+
+impl Lease for Unfenced {
+    fn left(&self) -> Option<Duration> {
+        Some(Duration::MAX)
+    }
+}
+
+/// The reconcile loop's lease: the leader's own judgement.
+struct Acting<'a>(&'a dyn Leader);
+
+impl Lease for Acting<'_> {
+    fn left(&self) -> Option<Duration> {
+        self.0.acting_for()
+    }
 }
 
 /// The record and marker a target should hold for one service.
@@ -120,20 +157,29 @@ impl Marker {
         ]
     }
 
+    /// [`Marker::strings`] as bytes, as [`Actual::markers`] holds them.
+    pub fn txt(&self) -> Vec<Vec<u8>> {
+        self.strings().into_iter().map(String::into_bytes).collect()
+    }
+
     /// The single string an HTTP API's TXT content holds.
     pub fn text(&self) -> String {
         self.strings().join(" ")
     }
 
-    /// Reads a marker from TXT strings in either form; `None` if they do not
-    /// hold both an instance and an epoch.
-    pub fn parse<S: AsRef<str>>(strings: &[S]) -> Option<Marker> {
+    /// Reads a marker from TXT strings in any form it is written or
+    /// returned in: one string per field, both fields in one string, and
+    /// either with each field or the whole in quotes (an API may return
+    /// a multi-string TXT as `"instance=db2" "epoch=7"`). `None` if they
+    /// do not hold both an instance and an epoch.
+    pub fn parse<S: AsRef<[u8]>>(strings: &[S]) -> Option<Marker> {
         let (mut instance, mut epoch) = (None, None);
-        for field in strings
+        // A string that is not UTF-8 holds nothing highlander wrote.
+        let texts = strings
             .iter()
-            .flat_map(|s| s.as_ref().trim_matches('"').split_whitespace())
-        {
-            match field.split_once('=') {
+            .filter_map(|s| std::str::from_utf8(s.as_ref()).ok());
+        for field in texts.flat_map(str::split_whitespace) {
+            match field.trim_matches('"').split_once('=') {
                 Some(("instance", value)) if !value.is_empty() => {
                     instance = Some(value.to_owned());
                 }
@@ -162,8 +208,10 @@ pub struct Found<T> {
 pub struct Actual {
     /// CNAME, A and AAAA records at the name.
     pub records: Vec<Found<Target>>,
-    /// TXT records at the marker's name, each as its strings.
-    pub markers: Vec<Found<Vec<String>>>,
+    /// TXT records at the marker's name, each as its strings' bytes,
+    /// exactly as read (not necessarily UTF-8), so that a conditional
+    /// write can name them exactly.
+    pub markers: Vec<Found<Vec<Vec<u8>>>>,
 }
 
 impl Actual {
@@ -293,6 +341,10 @@ pub enum PublishError {
         retry_after: Duration,
         detail: String,
     },
+    /// A write stopped because this node no longer leads: not a failure
+    /// of the target, and not reported as one.
+    #[error("{0}")]
+    Deposed(String),
 }
 
 impl PublishError {
@@ -303,7 +355,33 @@ impl PublishError {
             PublishError::Refused(_) => "refused",
             PublishError::Conflict(_) => "conflict",
             PublishError::RateLimited { .. } => "rate-limited",
+            PublishError::Deposed(_) => "deposed",
         }
+    }
+
+    /// How much this error weighs in choosing a failed pass's wait: a rate
+    /// limit (the longest) first, a conflict last.
+    fn rank(&self) -> (u8, Duration) {
+        match self {
+            PublishError::Deposed(_) | PublishError::Conflict(_) => (0, Duration::ZERO),
+            PublishError::Unreachable(_) => (1, Duration::ZERO),
+            PublishError::Refused(_) => (2, Duration::ZERO),
+            PublishError::RateLimited { retry_after, .. } => (3, *retry_after),
+        }
+    }
+}
+
+/// How long to wait after a failed pass whose worst error is `error`, the
+/// `failures`th in a row, with `jitter` from 0.5 to 1.0 scaling the
+/// backoff; and whether an applied change may cut the wait short (never
+/// while a rate limit runs).
+pub fn wait_after(error: &PublishError, failures: u32, jitter: f64) -> (Duration, bool) {
+    match error {
+        PublishError::RateLimited { retry_after, .. } => {
+            ((*retry_after).min(MAX_RETRY_AFTER), false)
+        }
+        PublishError::Conflict(_) if failures < 3 => (VERIFY_AFTER, true),
+        _ => (BACKOFF.delay(failures, jitter), true),
     }
 }
 
@@ -316,8 +394,14 @@ pub trait Publisher: Send + Sync {
     /// Replaces what `actual` holds (as just read) with `desired`: the
     /// record and its marker, and nothing else of another type at the name.
     /// Where the target supports it, the write is conditional on the marker
-    /// still being what `actual` holds.
-    async fn write(&self, desired: &Desired, actual: &Actual) -> Result<(), PublishError>;
+    /// still being what `actual` holds. Every request checks `lease` first
+    /// and is cut off when it runs out ([`PublishError::Deposed`]).
+    async fn write(
+        &self,
+        desired: &Desired,
+        actual: &Actual,
+        lease: &dyn Lease,
+    ) -> Result<(), PublishError>;
 }
 
 /// The publisher for `target`.
@@ -404,10 +488,47 @@ struct TargetLoop<'a> {
     metrics: Option<&'a Metrics>,
 }
 
-/// The outcome of a pass that met no error.
+/// What one pass came to: every record's status and every error met.
 struct Pass {
+    /// One per desired record, in config order.
     records: Vec<PublishedRecord>,
     wrote: bool,
+    /// One per record that failed.
+    errors: Vec<PublishError>,
+}
+
+impl Pass {
+    /// The error that decides the wait: a rate limit (the longest) first.
+    fn worst(&self) -> Option<&PublishError> {
+        self.errors.iter().max_by_key(|e| e.rank())
+    }
+
+    /// What the status says of a failed pass: the worst error, and how
+    /// many other records failed (each record's own is in `records`).
+    fn summary(&self, worst: &PublishError) -> String {
+        match self.errors.len() {
+            0 | 1 => worst.to_string(),
+            n => format!(
+                "{worst} (and {} more failed record{}; see records)",
+                n - 1,
+                if n == 2 { "" } else { "s" }
+            ),
+        }
+    }
+}
+
+/// What became of one record in a pass.
+enum Reconciled {
+    Done {
+        record: PublishedRecord,
+        wrote: bool,
+    },
+    Failed {
+        record: PublishedRecord,
+        error: PublishError,
+    },
+    /// This node stopped leading before or while writing it.
+    Deposed,
 }
 
 impl TargetLoop<'_> {
@@ -427,49 +548,49 @@ impl TargetLoop<'_> {
             self.board.update(&self.target.name, |s| s.active = true);
             let state = applied.borrow_and_update().clone();
             let wanted = desired(self.config, self.target, &state.state);
-            let outcome = tokio::select! {
+            let pass = tokio::select! {
                 () = cancel.cancelled() => return,
                 () = leadership_lost(self.leader) => continue,
-                outcome = self.pass(&wanted) => outcome,
+                pass = self.pass(&wanted) => pass,
             };
-            let (wait, wake_on_change) = match outcome {
-                // Deposed mid-pass: nothing to report; the loop's top
-                // notices and stands by.
-                Ok(None) => continue,
-                Ok(Some(pass)) => {
+            // Deposed mid-pass: nothing to report; the loop's top notices
+            // and stands by.
+            let Some(pass) = pass else { continue };
+            let (wait, wake_on_change) = match pass.worst() {
+                None => {
                     failures = 0;
                     let in_sync = pass.records.iter().all(|r| r.state == RecordState::InSync);
+                    let wait = if pass.wrote {
+                        VERIFY_AFTER
+                    } else {
+                        self.target.interval
+                    };
                     self.board.update(&self.target.name, |s| {
                         s.in_sync = in_sync;
                         s.records = pass.records;
                         s.last_success = Some(now_millis());
+                        // `last_error` is set exactly while passes fail;
+                        // `last_error_at` stays, as when the last one did.
+                        s.last_error = None;
                         s.failures = 0;
                     });
-                    if pass.wrote {
-                        (VERIFY_AFTER, true)
-                    } else {
-                        (self.target.interval, true)
-                    }
+                    (wait, true)
                 }
-                Err((error, records)) => {
+                Some(worst) => {
                     failures = failures.saturating_add(1);
                     if let Some(metrics) = self.metrics {
-                        metrics.publisher_failed(&self.target.name, error.kind());
+                        metrics.publisher_failed(&self.target.name, worst.kind());
                     }
+                    let summary = pass.summary(worst);
+                    let wait = wait_after(worst, failures, rand::random_range(0.5..=1.0));
                     self.board.update(&self.target.name, |s| {
                         s.in_sync = false;
-                        s.records = records;
-                        s.last_error = Some(error.to_string());
+                        s.records = pass.records;
+                        s.last_error = Some(summary);
                         s.last_error_at = Some(now_millis());
                         s.failures = u64::from(failures);
                     });
-                    match &error {
-                        PublishError::RateLimited { retry_after, .. } => {
-                            ((*retry_after).min(MAX_RETRY_AFTER), false)
-                        }
-                        PublishError::Conflict(_) if failures < 3 => (VERIFY_AFTER, true),
-                        _ => (BACKOFF.jittered(failures), true),
-                    }
+                    wait
                 }
             };
             tokio::select! {
@@ -480,75 +601,127 @@ impl TargetLoop<'_> {
         }
     }
 
-    /// Reads, plans and (where needed) writes every record once; `None`
-    /// if it stopped because this node no longer leads. On an error, also
-    /// returns the status of the records it got to.
-    async fn pass(
-        &self,
-        wanted: &[Desired],
-    ) -> Result<Option<Pass>, (PublishError, Vec<PublishedRecord>)> {
-        let mut records = Vec::with_capacity(wanted.len());
-        let mut wrote = false;
-        for desired in wanted {
-            let status = |state, published: Option<u64>, detail: Option<String>| PublishedRecord {
-                service: desired.service.clone(),
-                name: desired.name.clone(),
-                epoch: desired.marker.epoch,
-                published_epoch: published,
-                state,
-                detail,
-            };
-            let actual = match self.publisher.read(&desired.name).await {
-                Ok(actual) => actual,
-                Err(error) => {
-                    warn!(target_name = %self.target.name, record = %desired.name, %error, "reading the published record failed");
-                    records.push(status(RecordState::Failed, None, Some(error.to_string())));
-                    return Err((error, records));
+    /// Reads, plans and (where needed) writes every record once; `None` if
+    /// it stopped because this node no longer leads. A record that fails
+    /// does not stop the others, except a rate limit: the target asked for
+    /// no more requests, so the records after it wait for the next pass.
+    async fn pass(&self, wanted: &[Desired]) -> Option<Pass> {
+        let mut pass = Pass {
+            records: Vec::with_capacity(wanted.len()),
+            wrote: false,
+            errors: Vec::new(),
+        };
+        for (i, desired) in wanted.iter().enumerate() {
+            match self.reconcile(desired).await {
+                Reconciled::Deposed => return None,
+                Reconciled::Done { record, wrote } => {
+                    pass.records.push(record);
+                    pass.wrote |= wrote;
                 }
-            };
-            let published = actual.marker().map(|m| m.epoch);
-            match plan(desired, &actual) {
-                Plan::InSync => records.push(status(RecordState::InSync, published, None)),
-                Plan::Hold { why } => {
-                    warn!(target_name = %self.target.name, record = %desired.name, %why, "not publishing");
-                    records.push(status(RecordState::Held, published, Some(why)));
-                }
-                Plan::Write(reason) => {
-                    // The fence for targets without conditional writes, and
-                    // a courtesy for those with them: a node that no longer
-                    // leads stops here.
-                    if !self.leader.is_acting_leader() {
-                        return Ok(None);
+                Reconciled::Failed { record, error } => {
+                    pass.records.push(record);
+                    let limited = matches!(error, PublishError::RateLimited { .. });
+                    pass.errors.push(error);
+                    if limited {
+                        let skipped =
+                            "not read in this pass: the target rate-limited an earlier request";
+                        for later in &wanted[i + 1..] {
+                            pass.records.push(record_status(
+                                later,
+                                RecordState::Failed,
+                                None,
+                                Some(skipped.into()),
+                            ));
+                        }
+                        break;
                     }
-                    if let Err(error) = self.publisher.write(desired, &actual).await {
-                        warn!(target_name = %self.target.name, record = %desired.name, reason = reason.as_str(), %error, "publishing failed");
-                        records.push(status(
-                            RecordState::Failed,
-                            published,
-                            Some(error.to_string()),
-                        ));
-                        return Err((error, records));
-                    }
-                    wrote = true;
-                    self.board.update(&self.target.name, |s| s.writes += 1);
-                    if let Some(metrics) = self.metrics {
-                        metrics.publisher_wrote(&self.target.name);
-                    }
-                    info!(
-                        target_name = %self.target.name,
-                        record = %desired.name,
-                        answer = %desired.target,
-                        instance = %desired.marker.instance,
-                        epoch = desired.marker.epoch,
-                        previous_epoch = ?published,
-                        reason = reason.as_str(),
-                        "published"
-                    );
-                    records.push(status(RecordState::Written, published, None));
                 }
             }
         }
-        Ok(Some(Pass { records, wrote }))
+        Some(pass)
+    }
+
+    /// Reads one record back, plans, and writes it if the plan says so.
+    async fn reconcile(&self, desired: &Desired) -> Reconciled {
+        let status = |state, published, detail| record_status(desired, state, published, detail);
+        let failed = |published, error: PublishError| Reconciled::Failed {
+            record: status(RecordState::Failed, published, Some(error.to_string())),
+            error,
+        };
+        let actual = match self.publisher.read(&desired.name).await {
+            Ok(actual) => actual,
+            Err(error) => {
+                warn!(target_name = %self.target.name, record = %desired.name, %error, "reading the published record failed");
+                return failed(None, error);
+            }
+        };
+        let published = actual.marker().map(|m| m.epoch);
+        let reason = match plan(desired, &actual) {
+            Plan::InSync => {
+                return Reconciled::Done {
+                    record: status(RecordState::InSync, published, None),
+                    wrote: false,
+                };
+            }
+            Plan::Hold { why } => {
+                warn!(target_name = %self.target.name, record = %desired.name, %why, "not publishing");
+                return Reconciled::Done {
+                    record: status(RecordState::Held, published, Some(why)),
+                    wrote: false,
+                };
+            }
+            Plan::Write(reason) => reason,
+        };
+        match self
+            .publisher
+            .write(desired, &actual, &Acting(self.leader))
+            .await
+        {
+            Ok(()) => {}
+            Err(PublishError::Deposed(why)) => {
+                info!(target_name = %self.target.name, record = %desired.name, %why, "stopped publishing");
+                return Reconciled::Deposed;
+            }
+            Err(error) => {
+                warn!(target_name = %self.target.name, record = %desired.name, reason = reason.as_str(), %error, "publishing failed");
+                return failed(published, error);
+            }
+        }
+        self.board.update(&self.target.name, |s| s.writes += 1);
+        if let Some(metrics) = self.metrics {
+            metrics.publisher_wrote(&self.target.name);
+        }
+        info!(
+            target_name = %self.target.name,
+            record = %desired.name,
+            answer = %desired.target,
+            instance = %desired.marker.instance,
+            epoch = desired.marker.epoch,
+            previous_epoch = ?published,
+            reason = reason.as_str(),
+            "published"
+        );
+        Reconciled::Done {
+            record: status(RecordState::Written, published, None),
+            wrote: true,
+        }
+    }
+}
+
+/// The status of `desired`'s record after a pass.
+fn record_status(
+    desired: &Desired,
+    state: RecordState,
+    published_epoch: Option<u64>,
+    detail: Option<String>,
+) -> PublishedRecord {
+    PublishedRecord {
+        service: desired.service.clone(),
+        name: desired.name.clone(),
+        epoch: desired.marker.epoch,
+        published_epoch,
+        state,
+        detail,
     }
 }
 

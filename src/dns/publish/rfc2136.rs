@@ -3,8 +3,11 @@
 //!
 //! Every message, reads included, is signed and every response's signature
 //! is checked, so neither the read a write is based on nor the server's
-//! verdict can be forged on the path. A message goes over UDP; a truncated
-//! response is asked again over TCP.
+//! verdict can be forged on the path. A message goes over UDP, which gets
+//! half of `timeout`; a truncated response, a UDP error or no answer in
+//! that time is asked again over TCP, in the time left (a firewall that
+//! drops UDP, a lost datagram). Repeating an update is safe: it is
+//! conditional, so one that already landed is refused, not applied twice.
 //!
 //! An update replaces the record and its marker in one atomic message whose
 //! prerequisite is the marker exactly as read (RFC 2136 §2.4.2 "RRset
@@ -23,8 +26,9 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::Instant;
 
-use super::{Actual, Desired, Found, PublishError, Publisher};
+use super::{Actual, Desired, Found, Lease, PublishError, Publisher};
 use crate::config::{PublishConfig, PublishKind, Target, TsigAlgorithm};
 
 /// How far the server's clock may be from ours (RFC 8945 recommends 300 s).
@@ -74,7 +78,7 @@ impl Rfc2136 {
     async fn query(&self, name: &Name, rtype: RecordType) -> Result<Vec<Record>, PublishError> {
         let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Query);
         message.add_query(Query::query(name.clone(), rtype));
-        let response = self.exchange(message).await?;
+        let response = self.exchange(message, self.timeout).await?;
         match response.metadata.response_code {
             ResponseCode::NoError | ResponseCode::NXDomain => Ok(response
                 .answers
@@ -91,9 +95,23 @@ impl Rfc2136 {
         }
     }
 
-    /// Sends `message` signed and returns the verified response.
-    async fn exchange(&self, mut message: Message) -> Result<Message, PublishError> {
-        let address = self.resolve().await?;
+    /// Sends `message` signed and returns the verified response, all
+    /// within `timeout`: over UDP first, then over TCP (see the module doc).
+    async fn exchange(
+        &self,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Result<Message, PublishError> {
+        let deadline = Instant::now() + timeout;
+        let address = tokio::time::timeout_at(deadline, self.resolve())
+            .await
+            .map_err(|_| {
+                PublishError::Unreachable(format!(
+                    "cannot resolve {} within {}",
+                    self.server,
+                    humantime::format_duration(timeout)
+                ))
+            })??;
         let mut verifier = message
             .finalize(&self.signer, unix_seconds())
             .map_err(|e| PublishError::Refused(format!("cannot sign the message: {e}")))?
@@ -101,25 +119,47 @@ impl Rfc2136 {
         let bytes = message
             .to_vec()
             .map_err(|e| PublishError::Refused(format!("cannot encode the message: {e}")))?;
-        let exchange = async {
-            let mut response = self.over_udp(address, message.metadata.id, &bytes).await?;
-            if is_truncated(&response) {
-                response = self.over_tcp(address, &bytes).await?;
+        let udp_time = timeout / 2;
+        let over_udp =
+            tokio::time::timeout(udp_time, over_udp(address, message.metadata.id, &bytes)).await;
+        let udp_failed = match over_udp {
+            Ok(Ok(response)) if !is_truncated(&response) => {
+                return self.verified(&mut verifier, &response);
             }
-            Ok::<_, PublishError>(response)
+            Ok(Ok(_)) => "its answer over UDP was truncated".to_owned(),
+            Ok(Err(error)) => format!("UDP failed ({error})"),
+            Err(_) => format!(
+                "no answer over UDP within {}",
+                humantime::format_duration(udp_time)
+            ),
         };
-        let response = tokio::time::timeout(self.timeout, exchange)
+        let response = tokio::time::timeout_at(deadline, over_tcp(address, &bytes))
             .await
             .map_err(|_| {
                 PublishError::Unreachable(format!(
-                    "{} ({address}) did not answer within {}",
+                    "{} ({address}) did not answer within {}: {udp_failed}, and none over TCP in the time left",
                     self.server,
-                    humantime::format_duration(self.timeout)
+                    humantime::format_duration(timeout)
                 ))
-            })??;
-        match verifier.verify(&response) {
+            })?
+            .map_err(|error| {
+                PublishError::Unreachable(format!(
+                    "{} ({address}): {udp_failed}, and TCP failed too ({error})",
+                    self.server
+                ))
+            })?;
+        self.verified(&mut verifier, &response)
+    }
+
+    /// The response, if its signature checks out against the request's.
+    fn verified(
+        &self,
+        verifier: &mut hickory_proto::rr::TSigVerifier,
+        response: &[u8],
+    ) -> Result<Message, PublishError> {
+        match verifier.verify(response) {
             Ok(verified) => Ok(verified.into_message()),
-            Err(error) => Err(self.unverified(&response, &error.to_string())),
+            Err(error) => Err(self.unverified(response, &error.to_string())),
         }
     }
 
@@ -167,53 +207,6 @@ impl Rfc2136 {
             })
     }
 
-    async fn over_udp(
-        &self,
-        address: SocketAddr,
-        id: u16,
-        bytes: &[u8],
-    ) -> Result<Vec<u8>, PublishError> {
-        let unreachable = |e: std::io::Error| {
-            PublishError::Unreachable(format!("{} ({address}): {e}", self.server))
-        };
-        let local: SocketAddr = if address.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await.map_err(unreachable)?;
-        socket.connect(address).await.map_err(unreachable)?;
-        socket.send(bytes).await.map_err(unreachable)?;
-        let mut buffer = vec![0u8; UDP_BUFFER];
-        loop {
-            let n = socket.recv(&mut buffer).await.map_err(unreachable)?;
-            // A datagram for another query (a late answer to a retry) is skipped.
-            if n >= 12 && u16::from_be_bytes([buffer[0], buffer[1]]) == id {
-                buffer.truncate(n);
-                return Ok(buffer);
-            }
-        }
-    }
-
-    async fn over_tcp(&self, address: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>, PublishError> {
-        let unreachable = |e: std::io::Error| {
-            PublishError::Unreachable(format!("{} ({address}) over TCP: {e}", self.server))
-        };
-        let length = u16::try_from(bytes.len())
-            .map_err(|_| PublishError::Refused("the message is too long for TCP".into()))?;
-        let mut stream = TcpStream::connect(address).await.map_err(unreachable)?;
-        let mut framed = length.to_be_bytes().to_vec();
-        framed.extend_from_slice(bytes);
-        stream.write_all(&framed).await.map_err(unreachable)?;
-        let length = stream.read_u16().await.map_err(unreachable)?;
-        let mut response = vec![0u8; usize::from(length)];
-        stream
-            .read_exact(&mut response)
-            .await
-            .map_err(unreachable)?;
-        Ok(response)
-    }
-
     /// The update replacing what `actual` holds with `desired`, conditional
     /// on the marker being exactly as read.
     fn update(&self, desired: &Desired, actual: &Actual) -> Result<Message, PublishError> {
@@ -231,10 +224,13 @@ impl Rfc2136 {
             message.answers.push(absent);
         }
         for found in &actual.markers {
+            // The bytes exactly as read: a marker that is not UTF-8 must
+            // still match itself, or the update would be refused forever.
+            let strings = found.value.iter().map(Vec::as_slice).collect();
             message.answers.push(Record::from_rdata(
                 marker.clone(),
                 0,
-                RData::TXT(TXT::new(found.value.clone())),
+                RData::TXT(TXT::from_bytes(strings)),
             ));
         }
         // Updates (§2.5), in the authority section: delete, then add.
@@ -289,11 +285,7 @@ impl Publisher for Rfc2136 {
         }
         for record in self.query(&marker, RecordType::TXT).await? {
             if let RData::TXT(txt) = &record.data {
-                let strings = txt
-                    .txt_data
-                    .iter()
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
+                let strings = txt.txt_data.iter().map(|s| s.to_vec()).collect();
                 actual.markers.push(Found {
                     value: strings,
                     ttl: record.ttl,
@@ -304,8 +296,22 @@ impl Publisher for Rfc2136 {
         Ok(actual)
     }
 
-    async fn write(&self, desired: &Desired, actual: &Actual) -> Result<(), PublishError> {
-        let response = self.exchange(self.update(desired, actual)?).await?;
+    async fn write(
+        &self,
+        desired: &Desired,
+        actual: &Actual,
+        lease: &dyn Lease,
+    ) -> Result<(), PublishError> {
+        // The update is a compare-and-set, so the lease is not what fences
+        // it; checking it anyway spares the server a doomed update.
+        let Some(left) = lease.left() else {
+            return Err(PublishError::Deposed(format!(
+                "did not update {}: this node no longer leads",
+                desired.name
+            )));
+        };
+        let update = self.update(desired, actual)?;
+        let response = self.exchange(update, self.timeout.min(left)).await?;
         let code = response.metadata.response_code;
         let (server, name) = (&self.server, &desired.name);
         match code {
@@ -337,6 +343,45 @@ impl Publisher for Rfc2136 {
     }
 }
 
+/// Sends `bytes` to `address` over UDP and returns the answer to `id`.
+async fn over_udp(address: SocketAddr, id: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let local: SocketAddr = if address.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(address).await?;
+    socket.send(bytes).await?;
+    let mut buffer = vec![0u8; UDP_BUFFER];
+    loop {
+        let n = socket.recv(&mut buffer).await?;
+        // A datagram for another query (a late answer to a retry) is skipped.
+        if n >= 12 && u16::from_be_bytes([buffer[0], buffer[1]]) == id {
+            buffer.truncate(n);
+            return Ok(buffer);
+        }
+    }
+}
+
+/// Sends `bytes` to `address` over TCP (length-prefixed) and returns the answer.
+async fn over_tcp(address: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let length = u16::try_from(bytes.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the message is too long for TCP",
+        )
+    })?;
+    let mut stream = TcpStream::connect(address).await?;
+    let mut framed = length.to_be_bytes().to_vec();
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).await?;
+    let length = stream.read_u16().await?;
+    let mut response = vec![0u8; usize::from(length)];
+    stream.read_exact(&mut response).await?;
+    Ok(response)
+}
+
 /// A response code as `NXRRSET (RR Set does not exist)`: the mnemonic
 /// operators search for, and hickory's description.
 fn rcode(code: ResponseCode) -> String {
@@ -356,4 +401,68 @@ fn unix_seconds() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::config::{Secret, TsigKey};
+    use crate::dns::publish::Marker;
+
+    fn publisher() -> Rfc2136 {
+        let target = PublishConfig {
+            name: "ns1".into(),
+            kind: PublishKind::Rfc2136 {
+                server: "192.0.2.53:53".into(),
+                tsig: TsigKey {
+                    name: "highlander.".into(),
+                    algorithm: TsigAlgorithm::HmacSha256,
+                    secret_file: "highlander.key".into(),
+                    secret: Secret(vec![7; 32]),
+                },
+            },
+            services: vec!["db".into()],
+            zone: "example.com.".into(),
+            record: "{service}.example.com.".into(),
+            ttl: Duration::from_secs(30),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+        };
+        Rfc2136::new(&target).expect("an rfc2136 publisher")
+    }
+
+    #[test]
+    fn the_prerequisite_names_a_marker_byte_for_byte_even_if_not_utf8() {
+        let read = vec![b"instance=db1\xff".to_vec(), b"epoch=1".to_vec()];
+        let actual = Actual {
+            records: Vec::new(),
+            markers: vec![Found {
+                value: read.clone(),
+                ttl: 30,
+                id: None,
+            }],
+        };
+        let desired = Desired {
+            service: "db".into(),
+            name: "db.example.com.".into(),
+            target: Target::A(Ipv4Addr::new(192, 0, 2, 1)),
+            ttl: 30,
+            marker: Marker {
+                instance: "db1".into(),
+                epoch: 2,
+            },
+        };
+        let update = publisher().update(&desired, &actual).expect("an update");
+        let prerequisites: Vec<Vec<Vec<u8>>> = update
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(txt.txt_data.iter().map(|s| s.to_vec()).collect()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prerequisites, [read]);
+    }
 }

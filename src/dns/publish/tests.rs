@@ -34,7 +34,7 @@ fn holding(epoch: u64, instance: &str, target: Target) -> Actual {
                 instance: instance.into(),
                 epoch,
             }
-            .strings(),
+            .txt(),
             30,
         )],
     }
@@ -59,6 +59,104 @@ fn markers_read_back_in_both_written_forms() {
     assert_eq!(Marker::parse(&["instance=db2"]), None);
     assert_eq!(Marker::parse(&["epoch=seven instance=db2"]), None);
     assert_eq!(Marker::parse::<&str>(&[]), None);
+}
+
+#[test]
+fn a_marker_quoted_string_by_string_reads_back() {
+    let marker = Marker {
+        instance: "db2".into(),
+        epoch: 7,
+    };
+    // A multi-string TXT as an API may return it in one content.
+    assert_eq!(
+        Marker::parse(&["\"instance=db2\" \"epoch=7\""]),
+        Some(marker.clone())
+    );
+    assert_eq!(
+        Marker::parse(&["\"instance=db2\"", "\"epoch=7\""]),
+        Some(marker.clone())
+    );
+    // And so it is in sync, not rewritten at every pass.
+    let mut actual = holding(7, "db2", a(2));
+    actual.markers[0].value = vec![b"\"instance=db2\" \"epoch=7\"".to_vec()];
+    assert_eq!(plan(&desired(7, "db2", a(2)), &actual), Plan::InSync);
+    // A string that is not UTF-8 is skipped, not misread.
+    let bytes = [
+        b"instance=db2".to_vec(),
+        vec![0xff, b'x'],
+        b"epoch=7".to_vec(),
+    ];
+    assert_eq!(Marker::parse(&bytes), Some(marker));
+}
+
+#[test]
+fn failed_passes_wait_longer_each_time_and_a_rate_limit_as_long_as_asked() {
+    let unreachable = PublishError::Unreachable("ns1 did not answer".into());
+    let waits: Vec<(u64, bool)> = (1..=10)
+        .map(|failures| {
+            let (wait, wakes) = wait_after(&unreachable, failures, 1.0);
+            (wait.as_secs(), wakes)
+        })
+        .collect();
+    let grown: Vec<u64> = waits.iter().map(|(s, _)| *s).collect();
+    assert_eq!(grown, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+    assert!(waits.iter().all(|(_, wakes)| *wakes));
+    // Jitter only shortens the wait, by at most half.
+    assert_eq!(wait_after(&unreachable, 3, 0.5).0, Duration::from_secs(2));
+    let limited = |seconds| PublishError::RateLimited {
+        retry_after: Duration::from_secs(seconds),
+        detail: "429".into(),
+    };
+    // A rate limit waits what it says, whatever the count, and no applied
+    // change cuts it short.
+    assert_eq!(
+        wait_after(&limited(7), 1, 0.5),
+        (Duration::from_secs(7), false)
+    );
+    assert_eq!(
+        wait_after(&limited(7), 9, 1.0),
+        (Duration::from_secs(7), false)
+    );
+    assert_eq!(wait_after(&limited(86_400), 1, 1.0).0, MAX_RETRY_AFTER);
+    // A conflict is re-read at once, twice, then backs off like the rest.
+    let conflict = PublishError::Conflict("NXRRSET".into());
+    assert_eq!(wait_after(&conflict, 2, 1.0).0, VERIFY_AFTER);
+    assert_eq!(wait_after(&conflict, 3, 1.0).0, Duration::from_secs(4));
+}
+
+#[test]
+fn a_pass_waits_on_its_worst_error_and_says_how_many_failed() {
+    let pass = |errors: Vec<PublishError>| Pass {
+        records: Vec::new(),
+        wrote: false,
+        errors,
+    };
+    let limited = |seconds| PublishError::RateLimited {
+        retry_after: Duration::from_secs(seconds),
+        detail: format!("slow down {seconds}"),
+    };
+    let mixed = pass(vec![
+        PublishError::Conflict("conflict".into()),
+        limited(5),
+        PublishError::Refused("refused".into()),
+        limited(9),
+        PublishError::Unreachable("unreachable".into()),
+    ]);
+    let worst = mixed.worst().expect("errors");
+    assert_eq!(worst, &limited(9));
+    assert_eq!(
+        mixed.summary(worst),
+        "slow down 9; retrying after 9s (and 4 more failed records; see records)"
+    );
+    let refused = pass(vec![
+        PublishError::Unreachable("unreachable".into()),
+        PublishError::Refused("refused".into()),
+        PublishError::Conflict("conflict".into()),
+    ]);
+    assert_eq!(refused.worst().map(PublishError::kind), Some("refused"));
+    let one = pass(vec![PublishError::Conflict("conflict".into())]);
+    assert_eq!(one.summary(one.worst().expect("an error")), "conflict");
+    assert!(pass(Vec::new()).worst().is_none());
 }
 
 #[test]
@@ -130,7 +228,7 @@ fn edits_by_hand_at_the_same_epoch_are_repaired() {
     );
     // A stray second marker.
     let mut markers = holding(3, "db1", a(1));
-    markers.markers.push(found(vec!["hello".into()], 30));
+    markers.markers.push(found(vec![b"hello".to_vec()], 30));
     assert_eq!(plan(&want, &markers), repair);
 }
 
@@ -142,7 +240,7 @@ fn the_newest_of_several_markers_counts() {
             instance: "db2".into(),
             epoch: 9,
         }
-        .strings(),
+        .txt(),
         30,
     ));
     assert_eq!(actual.marker().map(|m| m.epoch), Some(9));

@@ -258,8 +258,12 @@ fn found<T>(id: &str, value: T, ttl: u32) -> Found<T> {
     }
 }
 
-fn marker(id: &str, instance: &str, epoch: u64) -> Found<Vec<String>> {
-    found(id, vec![format!("instance={instance} epoch={epoch}")], 60)
+fn marker(id: &str, instance: &str, epoch: u64) -> Found<Vec<Vec<u8>>> {
+    found(
+        id,
+        vec![format!("instance={instance} epoch={epoch}").into_bytes()],
+        60,
+    )
 }
 
 fn record(rtype: &'static str, content: &str) -> Wanted {
@@ -451,4 +455,31 @@ fn listings_become_actual_records_and_markers() {
     );
     assert_eq!(actual.markers, vec![marker("6", "db1", 3)]);
     assert_eq!(actual.marker().map(|m| m.epoch), Some(3));
+}
+
+#[test]
+fn only_plain_ids_go_into_a_url_path() {
+    let api = api();
+    for plain in ["28448433", "372e67954025e0ba6aaa6d586b9e0b59", "rec_1-a"] {
+        assert_eq!(path_id(&api, plain).ok(), Some(plain));
+    }
+    for odd in [
+        "",
+        "../../account",
+        "1/2",
+        "%2e%2e",
+        "..",
+        "1?page=2",
+        "1#x",
+        "ä",
+        &"9".repeat(65),
+    ] {
+        match path_id(&api, odd) {
+            Err(PublishError::Refused(why)) => {
+                assert!(why.contains("does not put in a URL"), "{why}");
+                assert!(why.contains("DigitalOcean API"), "{why}");
+            }
+            other => panic!("{odd:?} should be refused, got {other:?}"),
+        }
+    }
 }
