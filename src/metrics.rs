@@ -24,7 +24,7 @@
 //! | `highlander_probe_lag_seconds` | histogram | | how late this node's probes started: from the instant a probe was due to its start, waiting for a concurrency permit included |
 //! | `highlander_dns_queries_total` | counter | `rcode` | queries this node's DNS handler answered, by response code |
 //! | `highlander_dns_rate_limited_total` | counter | `action` | UDP responses over `dns.rate_limit` for their client prefix: `dropped`, or `slipped` (sent truncated) |
-//! | `highlander_dns_tcp_refused_total` | counter | | DNS TCP connections closed on accept because `dns.tcp_max_connections` were open |
+//! | `highlander_dns_tcp_refused_total` | counter | | DNS TCP connections closed on accept because `dns.tcp_max_connections` were open, or `dns.tcp_max_connections_per_source` from the client's prefix |
 //! | `highlander_raft_term` | gauge | | this node's Raft term |
 //! | `highlander_raft_leader` | gauge | | the leader's node id as this node knows it, 0 if none |
 //! | `highlander_raft_applied_index` | gauge | | the last log index applied to this node's state |

@@ -1,12 +1,13 @@
 //! What the fuzz targets share: a directory holding the files a config
 //! names (so configs get past reading their secret and token), and the zone
-//! the DNS target answers from. Nothing here is fuzzed itself.
+//! the DNS target answers from, with the UDP paths over it. Nothing here is
+//! fuzzed itself.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use highlander::config::Config;
-use highlander::dns::ZoneView;
+use highlander::dns::{Lease, UdpAnswerer, UdpBudget, ZoneView};
 use highlander::model::{AppliedState, Epoch, ServiceState};
 
 /// The zone every DNS input is answered from: three nameservers (IPv4, IPv6,
@@ -51,4 +52,24 @@ pub fn zone_view() -> Arc<ZoneView> {
         }
         Arc::new(ZoneView::build(&config, &applied, true))
     }))
+}
+
+/// The UDP path over [`zone_view`], made once per process for each lease
+/// (held or lapsed) and budget (unlimited or spent).
+pub fn udp_answerer(lease_held: bool, budget: UdpBudget) -> &'static UdpAnswerer {
+    static ANSWERERS: OnceLock<[UdpAnswerer; 4]> = OnceLock::new();
+    let answerers = ANSWERERS.get_or_init(|| {
+        [
+            (true, UdpBudget::Unlimited),
+            (false, UdpBudget::Unlimited),
+            (true, UdpBudget::Spent),
+            (false, UdpBudget::Spent),
+        ]
+        .map(|(held, budget)| {
+            let lease = if held { Lease::forever() } else { Lease::new() };
+            UdpAnswerer::new(zone_view(), lease, budget)
+        })
+    });
+    let index = usize::from(!lease_held) + 2 * usize::from(budget == UdpBudget::Spent);
+    &answerers[index]
 }

@@ -184,10 +184,20 @@ pub mod raw {
         pub rate_limit: i64,
         #[serde(default = "default_rate_limit_slip")]
         pub rate_limit_slip: i64,
+        #[serde(default = "default_rate_limit_exempt")]
+        pub rate_limit_exempt: Vec<String>,
+        #[serde(default = "default_rate_limit_ipv4_prefix")]
+        pub rate_limit_ipv4_prefix: i64,
+        #[serde(default = "default_rate_limit_ipv6_prefix")]
+        pub rate_limit_ipv6_prefix: i64,
         #[serde(default = "default_tcp_timeout")]
         pub tcp_timeout: String,
         #[serde(default = "default_tcp_max_connections")]
         pub tcp_max_connections: i64,
+        /// Absent: [`super::DEFAULT_TCP_MAX_CONNECTIONS_PER_SOURCE`], or
+        /// `tcp_max_connections` if that is smaller.
+        #[serde(default)]
+        pub tcp_max_connections_per_source: Option<i64>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -275,6 +285,18 @@ pub mod raw {
     }
     fn default_rate_limit_slip() -> i64 {
         super::DEFAULT_RATE_LIMIT_SLIP.into()
+    }
+    fn default_rate_limit_exempt() -> Vec<String> {
+        super::DEFAULT_RATE_LIMIT_EXEMPT
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+    fn default_rate_limit_ipv4_prefix() -> i64 {
+        super::DEFAULT_RATE_LIMIT_IPV4_PREFIX.into()
+    }
+    fn default_rate_limit_ipv6_prefix() -> i64 {
+        super::DEFAULT_RATE_LIMIT_IPV6_PREFIX.into()
     }
     fn default_tcp_timeout() -> String {
         humantime::format_duration(super::DEFAULT_TCP_TIMEOUT).to_string()
@@ -567,17 +589,142 @@ pub struct DnsConfig {
     pub hostmaster: String,
     /// What a node outside the majority answers for service names.
     pub on_minority: OnMinority,
-    /// UDP responses per second to one client prefix (IPv4 /24, IPv6 /56)
-    /// before the rest are dropped or truncated; 0 turns the limit off.
+    /// UDP responses per second to one client prefix (IPv4 /24, IPv6 /56
+    /// by default) before the rest are dropped or truncated; 0 turns the
+    /// limit off.
     pub rate_limit: u32,
     /// Every this-many-th limited response goes out truncated (TC=1) so a
     /// real client behind the prefix retries over TCP; 0 drops them all.
     pub rate_limit_slip: u32,
+    /// Clients the UDP rate limit never applies to (BIND's
+    /// `exempt-clients`); loopback by default.
+    pub rate_limit_exempt: Vec<IpPrefix>,
+    /// How many leading bits of an IPv4 source make one client for the rate
+    /// limit and the per-source TCP cap.
+    pub rate_limit_ipv4_prefix: u8,
+    /// The same for IPv6 sources.
+    pub rate_limit_ipv6_prefix: u8,
     /// How long a DNS TCP connection may take to deliver its next complete
     /// query (idle and slow clients alike) or to read our answer.
     pub tcp_timeout: Duration,
     /// DNS TCP connections open at once; more are closed on accept.
     pub tcp_max_connections: u32,
+    /// DNS TCP connections open at once from one client prefix, so one
+    /// source cannot hold every slot; at most `tcp_max_connections`.
+    pub tcp_max_connections_per_source: u32,
+}
+
+/// An IP network, like `127.0.0.0/8`: an address whose bits past the
+/// prefix length are all zero. An IPv4-mapped IPv6 network is kept as the
+/// IPv4 network it maps, since sources are compared in that form too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPrefix {
+    network: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    /// The network `network`/`len`; an error saying what is wrong (and what
+    /// was probably meant) when `len` is longer than the address or bits
+    /// past it are set.
+    pub fn new(network: IpAddr, len: u8) -> Result<IpPrefix, String> {
+        let bits = match network {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if len > bits {
+            return Err(format!(
+                "/{len} is longer than an {} address; expected a prefix length from 0 to {bits}",
+                if bits == 32 { "IPv4" } else { "IPv6" }
+            ));
+        }
+        let masked = match network {
+            IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask32(len))),
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask128(len))),
+        };
+        if masked != network {
+            return Err(format!(
+                "bits past the /{len} prefix are set; expected the network address, \"{masked}/{len}\", or \"{network}\" alone for one address"
+            ));
+        }
+        Ok(match network {
+            IpAddr::V6(v6) if len >= 96 && v6.to_ipv4_mapped().is_some() => IpPrefix {
+                network: IpAddr::V6(v6).to_canonical(),
+                len: len - 96,
+            },
+            _ => IpPrefix { network, len },
+        })
+    }
+
+    /// The network address.
+    pub fn network(&self) -> IpAddr {
+        self.network
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether `ip` (or the IPv4 address an IPv4-mapped `ip` stands for)
+    /// lies in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                u32::from(ip) & mask32(self.len) == u32::from(network)
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                u128::from(ip) & mask128(self.len) == u128::from(network)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+
+    /// `"192.0.2.0/24"`, `"2001:db8::/48"`, or one address (`"127.0.0.53"`,
+    /// a /32 or /128).
+    fn from_str(text: &str) -> Result<IpPrefix, String> {
+        let (address, len) = match text.split_once('/') {
+            Some((address, len)) => (address, Some(len)),
+            None => (text, None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| {
+            format!("{address:?} is not an IP address; expected a prefix like \"192.0.2.0/24\" or \"2001:db8::/48\", or one address like \"127.0.0.53\"")
+        })?;
+        let len = match len {
+            None => match network {
+                IpAddr::V4(_) => 32,
+                IpAddr::V6(_) => 128,
+            },
+            Some(len) => len.parse::<u8>().map_err(|_| {
+                format!("{len:?} is not a prefix length; expected a number of bits after the slash, like \"/24\"")
+            })?,
+        };
+        IpPrefix::new(network, len)
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.len)
+    }
+}
+
+/// The top `len` of 32 bits set.
+fn mask32(len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(len.min(32)))
+        .unwrap_or(0)
+}
+
+/// The top `len` of 128 bits set.
+fn mask128(len: u8) -> u128 {
+    u128::MAX
+        .checked_shl(128 - u32::from(len.min(128)))
+        .unwrap_or(0)
 }
 
 /// `dns.rate_limit` when absent: generous for resolvers (the whole zone is a
@@ -588,6 +735,28 @@ pub const DEFAULT_RATE_LIMIT: u32 = 500;
 /// response truncated.
 pub const DEFAULT_RATE_LIMIT_SLIP: u32 = 2;
 
+/// `dns.rate_limit_exempt` when absent: loopback. Nothing off the host can
+/// send from it (the kernel drops such packets as martians), so the
+/// reflection the limit guards against cannot come from there, while a
+/// local stub resolver (127.0.0.53, ::1) would otherwise share one budget
+/// with every local process.
+pub const DEFAULT_RATE_LIMIT_EXEMPT: [IpPrefix; 2] = [
+    IpPrefix {
+        network: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)),
+        len: 8,
+    },
+    IpPrefix {
+        network: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        len: 128,
+    },
+];
+
+/// `dns.rate_limit_ipv4_prefix` when absent: BIND's default.
+pub const DEFAULT_RATE_LIMIT_IPV4_PREFIX: u8 = 24;
+
+/// `dns.rate_limit_ipv6_prefix` when absent: BIND's default.
+pub const DEFAULT_RATE_LIMIT_IPV6_PREFIX: u8 = 56;
+
 /// `dns.tcp_timeout` when absent: what hickory's listener used here before,
 /// and half of Knot's idle timeout; a resolver's retry over TCP needs far less.
 pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -595,6 +764,21 @@ pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(5);
 /// `dns.tcp_max_connections` when absent: BIND's `tcp-clients` is 150; TCP
 /// here only carries retries of truncated answers, so fewer suffice.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: u32 = 100;
+
+/// `dns.tcp_max_connections_per_source` when absent (or
+/// `dns.tcp_max_connections` if smaller): a resolver retrying truncated
+/// answers needs a few connections at a time; sixteen leave room for a
+/// busy one, and six such prefixes cannot fill the default cap.
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_SOURCE: u32 = 16;
+
+/// The accepted `dns.rate_limit_ipv4_prefix`: /8 groups a whole allocation
+/// (shorter would let one flood silence unrelated networks); /32 is one host.
+const RATE_LIMIT_IPV4_PREFIXES: RangeInclusive<i64> = 8..=32;
+
+/// The accepted `dns.rate_limit_ipv6_prefix`: at most /64, because a host
+/// picks any address inside its /64 freely, so a longer prefix would hand
+/// one host as many budgets as it likes.
+const RATE_LIMIT_IPV6_PREFIXES: RangeInclusive<i64> = 16..=64;
 
 /// The largest `dns.rate_limit`: beyond this a limit no longer limits.
 const MAX_RATE_LIMIT: i64 = 1_000_000;
@@ -1485,12 +1669,43 @@ impl Validator {
                 ),
             );
         }
+        let mut rate_limit_exempt = Vec::with_capacity(raw.rate_limit_exempt.len());
+        for (i, written) in raw.rate_limit_exempt.iter().enumerate() {
+            match written.parse::<IpPrefix>() {
+                Ok(prefix) => rate_limit_exempt.push(prefix),
+                Err(why) => {
+                    self.problem(format!("dns.rate_limit_exempt[{i}]"), quoted(written), why)
+                }
+            }
+        }
+        // Both ranges lie within 0..=64, so the lengths fit a u8.
+        let rate_limit_ipv4_prefix = self.integer(
+            "dns.rate_limit_ipv4_prefix",
+            raw.rate_limit_ipv4_prefix,
+            RATE_LIMIT_IPV4_PREFIXES,
+            "how many leading bits of an IPv4 source make one client, like 24 (BIND's default)",
+        );
+        let rate_limit_ipv6_prefix = self.integer(
+            "dns.rate_limit_ipv6_prefix",
+            raw.rate_limit_ipv6_prefix,
+            RATE_LIMIT_IPV6_PREFIXES,
+            "how many leading bits of an IPv6 source make one client, like 56 (BIND's default); a host picks its address within a /64 freely, so a longer prefix would not limit it",
+        );
         let tcp_max_connections = self.integer(
             "dns.tcp_max_connections",
             raw.tcp_max_connections,
             1..=MAX_TCP_CONNECTIONS,
             "how many DNS TCP connections may be open at once, like 100",
         );
+        let tcp_max_connections_per_source = match raw.tcp_max_connections_per_source {
+            None => DEFAULT_TCP_MAX_CONNECTIONS_PER_SOURCE.min(tcp_max_connections.max(1)),
+            Some(written) => self.integer(
+                "dns.tcp_max_connections_per_source",
+                written,
+                1..=raw.tcp_max_connections.clamp(1, MAX_TCP_CONNECTIONS),
+                "how many DNS TCP connections one client prefix may hold open at once, like 16; at most dns.tcp_max_connections",
+            ),
+        };
         DnsConfig {
             zone,
             ttl,
@@ -1498,8 +1713,12 @@ impl Validator {
             on_minority,
             rate_limit,
             rate_limit_slip,
+            rate_limit_exempt,
+            rate_limit_ipv4_prefix: u8::try_from(rate_limit_ipv4_prefix).unwrap_or(u8::MAX),
+            rate_limit_ipv6_prefix: u8::try_from(rate_limit_ipv6_prefix).unwrap_or(u8::MAX),
             tcp_timeout,
             tcp_max_connections,
+            tcp_max_connections_per_source,
         }
     }
 
@@ -1990,18 +2209,31 @@ pub fn describe(config: &Config) -> String {
         config.dns.on_minority
     );
     let d = &config.dns;
-    let udp = match (d.rate_limit, d.rate_limit_slip) {
+    let prefixes = format!(
+        "/{} or /{}",
+        d.rate_limit_ipv4_prefix, d.rate_limit_ipv6_prefix
+    );
+    let mut udp = match (d.rate_limit, d.rate_limit_slip) {
         (0, _) => "UDP not rate limited".to_owned(),
-        (rate, 0) => format!("UDP {rate} responses/s per /24 or /56, the rest dropped"),
-        (rate, 1) => format!("UDP {rate} responses/s per /24 or /56, the rest truncated"),
+        (rate, 0) => format!("UDP {rate} responses/s per {prefixes}, the rest dropped"),
+        (rate, 1) => format!("UDP {rate} responses/s per {prefixes}, the rest truncated"),
         (rate, slip) => {
-            format!("UDP {rate} responses/s per /24 or /56, 1 in {slip} of the rest truncated")
+            format!("UDP {rate} responses/s per {prefixes}, 1 in {slip} of the rest truncated")
         }
     };
+    if d.rate_limit != 0 && !d.rate_limit_exempt.is_empty() {
+        let exempt: Vec<String> = d
+            .rate_limit_exempt
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let _ = write!(udp, " (not for {})", exempt.join(", "));
+    }
     let _ = writeln!(
         out,
-        "  limits: {udp}; TCP at most {} connections, closed after {} without a query",
+        "  limits: {udp}; TCP at most {} connections, {} per {prefixes}, closed after {} without a query",
         d.tcp_max_connections,
+        d.tcp_max_connections_per_source,
         humantime::format_duration(d.tcp_timeout)
     );
     for s in &config.services {

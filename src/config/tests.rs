@@ -1535,14 +1535,118 @@ fn dns_abuse_limits_have_defaults_and_are_described() {
     assert_eq!(config.dns.rate_limit_slip, 2);
     assert_eq!(config.dns.tcp_timeout, Duration::from_secs(5));
     assert_eq!(config.dns.tcp_max_connections, 100);
+    assert_eq!(
+        config.dns.rate_limit_exempt,
+        ["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+    );
+    assert_eq!(config.dns.rate_limit_ipv4_prefix, 24);
+    assert_eq!(config.dns.rate_limit_ipv6_prefix, 56);
+    assert_eq!(config.dns.tcp_max_connections_per_source, 16);
     let text = describe(&config);
     assert!(
-        text.contains("UDP 500 responses/s per /24 or /56, 1 in 2 of the rest truncated"),
+        text.contains(
+            "UDP 500 responses/s per /24 or /56, 1 in 2 of the rest truncated (not for 127.0.0.0/8, ::1/128)"
+        ),
         "{text}"
     );
     assert!(
-        text.contains("TCP at most 100 connections, closed after 5s without a query"),
+        text.contains(
+            "TCP at most 100 connections, 16 per /24 or /56, closed after 5s without a query"
+        ),
         "{text}"
+    );
+}
+
+#[test]
+fn rate_limit_exemptions_and_prefixes_can_be_set() {
+    let fx = Fixture::new();
+    let config = fx.valid(&with_dns(
+        "rate_limit_exempt = [\"192.0.2.0/24\", \"127.0.0.53\", \"2001:db8::/32\", \"::ffff:198.51.100.0/120\"]\n\
+         rate_limit_ipv4_prefix = 32\nrate_limit_ipv6_prefix = 64",
+    ));
+    let exempt: Vec<String> = config
+        .dns
+        .rate_limit_exempt
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // One address is its own /32; an IPv4-mapped network is kept as IPv4,
+    // the form sources are compared in.
+    assert_eq!(
+        exempt,
+        [
+            "192.0.2.0/24",
+            "127.0.0.53/32",
+            "2001:db8::/32",
+            "198.51.100.0/24"
+        ]
+    );
+    let [lan, stub, v6, mapped] = &config.dns.rate_limit_exempt[..] else {
+        panic!("four networks");
+    };
+    assert!(lan.contains("192.0.2.77".parse().unwrap()));
+    assert!(!lan.contains("192.0.3.1".parse().unwrap()));
+    assert!(stub.contains("127.0.0.53".parse().unwrap()));
+    assert!(!stub.contains("127.0.0.1".parse().unwrap()));
+    assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+    assert!(!v6.contains("192.0.2.1".parse().unwrap()));
+    assert!(mapped.contains("::ffff:198.51.100.9".parse().unwrap()));
+    assert!(mapped.contains("198.51.100.9".parse().unwrap()));
+    assert_eq!(config.dns.rate_limit_ipv4_prefix, 32);
+    assert_eq!(config.dns.rate_limit_ipv6_prefix, 64);
+    assert!(
+        describe(&config).contains("UDP 500 responses/s per /32 or /64"),
+        "{}",
+        describe(&config)
+    );
+
+    // An empty list exempts no one, loopback included.
+    let config = fx.valid(&with_dns("rate_limit_exempt = []"));
+    assert!(config.dns.rate_limit_exempt.is_empty());
+    assert!(!describe(&config).contains("(not for"));
+}
+
+#[test]
+fn rate_limit_exemptions_that_are_not_networks_are_rejected_with_what_would_do() {
+    let fx = Fixture::new();
+    for (written, value, hint) in [
+        ("localhost", "\"localhost\"", "like \"192.0.2.0/24\""),
+        ("10.0.0.0/33", "\"10.0.0.0/33\"", "from 0 to 32"),
+        ("::/129", "\"::/129\"", "from 0 to 128"),
+        ("10.0.0.0/x", "\"10.0.0.0/x\"", "like \"/24\""),
+        ("10.0.0.0/", "\"10.0.0.0/\"", "not a prefix length"),
+        (
+            "10.1.2.3/8",
+            "\"10.1.2.3/8\"",
+            "expected the network address, \"10.0.0.0/8\", or \"10.1.2.3\" alone",
+        ),
+        ("2001:db8::1/64", "\"2001:db8::1/64\"", "\"2001:db8::/64\""),
+        (" 127.0.0.1", "\" 127.0.0.1\"", "is not an IP address"),
+    ] {
+        fx.single_problem(
+            &with_dns(&format!(
+                "rate_limit_exempt = [\"127.0.0.0/8\", {written:?}]"
+            )),
+            "dns.rate_limit_exempt[1]",
+            value,
+            hint,
+        );
+    }
+}
+
+#[test]
+fn a_per_source_tcp_cap_defaults_to_sixteen_or_the_whole_cap_if_smaller() {
+    let fx = Fixture::new();
+    let config = fx.valid(&with_dns("tcp_max_connections = 5"));
+    assert_eq!(config.dns.tcp_max_connections_per_source, 5);
+    let config = fx.valid(&with_dns(
+        "tcp_max_connections = 500\ntcp_max_connections_per_source = 40",
+    ));
+    assert_eq!(config.dns.tcp_max_connections_per_source, 40);
+    assert!(
+        describe(&config).contains("TCP at most 500 connections, 40 per /24 or /56"),
+        "{}",
+        describe(&config)
     );
 }
 
@@ -1605,7 +1709,52 @@ fn dns_abuse_limits_out_of_range_are_rejected_with_the_accepted_range() {
             "\"soon\"",
             "not a duration",
         ),
+        (
+            "rate_limit_ipv4_prefix = 4",
+            "dns.rate_limit_ipv4_prefix",
+            "4",
+            "from 8 to 32",
+        ),
+        (
+            "rate_limit_ipv4_prefix = 33",
+            "dns.rate_limit_ipv4_prefix",
+            "33",
+            "leading bits of an IPv4 source",
+        ),
+        (
+            "rate_limit_ipv6_prefix = 128",
+            "dns.rate_limit_ipv6_prefix",
+            "128",
+            "from 16 to 64",
+        ),
+        (
+            "rate_limit_ipv6_prefix = 8",
+            "dns.rate_limit_ipv6_prefix",
+            "8",
+            "within a /64",
+        ),
+        (
+            "tcp_max_connections_per_source = 0",
+            "dns.tcp_max_connections_per_source",
+            "0",
+            "from 1 to 100",
+        ),
+        (
+            "tcp_max_connections = 10\ntcp_max_connections_per_source = 11",
+            "dns.tcp_max_connections_per_source",
+            "11",
+            "at most dns.tcp_max_connections (from 1 to 10)",
+        ),
+        ("rate_limit_exempt = \"127.0.0.0/8\"", "", "", ""),
     ] {
+        if key.is_empty() {
+            // Not a list: a syntax error naming the key, not a problem list.
+            let error = fx
+                .parse(&with_dns(line))
+                .expect_err("a string is not a list");
+            assert!(error.to_string().contains("rate_limit_exempt"), "{error}");
+            continue;
+        }
         fx.single_problem(&with_dns(line), key, value, hint);
     }
 }

@@ -43,7 +43,7 @@ const PADDING: u16 = 12;
 /// Datagrams taken from (and answers given to) the kernel per system call.
 const BATCH: usize = 32;
 /// hickory's own UDP receive buffer; bigger datagrams are cut here either way.
-const RECV_BUFFER: usize = 4096;
+pub(super) const RECV_BUFFER: usize = 4096;
 
 /// The pre-encoded answers of one [`ZoneView`], keyed by the lowercase wire
 /// question name followed by the query type.

@@ -67,9 +67,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::DnsConfig;
+use crate::config::{DnsConfig, IpPrefix};
 use crate::metrics::Metrics;
-use rate_limit::{RateLimiter, Verdict};
+use rate_limit::{ClientPrefixes, RateLimiter, Verdict};
 use zone::Lookup;
 pub use zone::ZoneView;
 
@@ -102,17 +102,37 @@ pub enum DnsError {
 
 /// What the server allows one client before it stops answering it: the
 /// `[dns]` abuse limits, so a flood from one place cannot starve the rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// UDP responses per second per client prefix; 0 turns the limit off.
     pub rate_limit: u32,
     /// Every this-many-th limited response is sent truncated; 0 never.
     pub rate_limit_slip: u32,
+    /// Sources the UDP rate limit never applies to.
+    pub rate_limit_exempt: Vec<IpPrefix>,
+    /// Leading bits of an IPv4 source that make one client, for the rate
+    /// limit and the per-source TCP cap.
+    pub rate_limit_ipv4_prefix: u8,
+    /// The same for IPv6 sources.
+    pub rate_limit_ipv6_prefix: u8,
     /// How long a TCP connection may take to deliver its next complete
     /// query, or to read an answer.
     pub tcp_timeout: Duration,
     /// TCP connections open at once; more are closed on accept.
     pub tcp_max_connections: u32,
+    /// TCP connections open at once from one client prefix; more from it
+    /// are closed on accept.
+    pub tcp_max_connections_per_source: u32,
+}
+
+impl Limits {
+    /// How sources are grouped into clients.
+    fn prefixes(&self) -> ClientPrefixes {
+        ClientPrefixes {
+            ipv4: self.rate_limit_ipv4_prefix,
+            ipv6: self.rate_limit_ipv6_prefix,
+        }
+    }
 }
 
 impl From<&DnsConfig> for Limits {
@@ -120,8 +140,12 @@ impl From<&DnsConfig> for Limits {
         Limits {
             rate_limit: dns.rate_limit,
             rate_limit_slip: dns.rate_limit_slip,
+            rate_limit_exempt: dns.rate_limit_exempt.clone(),
+            rate_limit_ipv4_prefix: dns.rate_limit_ipv4_prefix,
+            rate_limit_ipv6_prefix: dns.rate_limit_ipv6_prefix,
             tcp_timeout: dns.tcp_timeout,
             tcp_max_connections: dns.tcp_max_connections,
+            tcp_max_connections_per_source: dns.tcp_max_connections_per_source,
         }
     }
 }
@@ -129,11 +153,16 @@ impl From<&DnsConfig> for Limits {
 impl Default for Limits {
     /// The limits of a `[dns]` table that sets none of them.
     fn default() -> Limits {
+        use crate::config as c;
         Limits {
-            rate_limit: crate::config::DEFAULT_RATE_LIMIT,
-            rate_limit_slip: crate::config::DEFAULT_RATE_LIMIT_SLIP,
-            tcp_timeout: crate::config::DEFAULT_TCP_TIMEOUT,
-            tcp_max_connections: crate::config::DEFAULT_TCP_MAX_CONNECTIONS,
+            rate_limit: c::DEFAULT_RATE_LIMIT,
+            rate_limit_slip: c::DEFAULT_RATE_LIMIT_SLIP,
+            rate_limit_exempt: c::DEFAULT_RATE_LIMIT_EXEMPT.to_vec(),
+            rate_limit_ipv4_prefix: c::DEFAULT_RATE_LIMIT_IPV4_PREFIX,
+            rate_limit_ipv6_prefix: c::DEFAULT_RATE_LIMIT_IPV6_PREFIX,
+            tcp_timeout: c::DEFAULT_TCP_TIMEOUT,
+            tcp_max_connections: c::DEFAULT_TCP_MAX_CONNECTIONS,
+            tcp_max_connections_per_source: c::DEFAULT_TCP_MAX_CONNECTIONS_PER_SOURCE,
         }
     }
 }
@@ -182,8 +211,15 @@ async fn serve_counted(
     let authority = Authority {
         zone,
         lease,
-        limiter: RateLimiter::new(limits.rate_limit, limits.rate_limit_slip, Instant::now())
-            .map(Arc::new),
+        limiter: RateLimiter::new(limits.rate_limit, limits.rate_limit_slip, Instant::now()).map(
+            |limiter| {
+                Arc::new(
+                    limiter
+                        .grouped_by(limits.prefixes())
+                        .exempting(&limits.rate_limit_exempt),
+                )
+            },
+        ),
         metrics,
     };
     let addr = udp
@@ -610,7 +646,9 @@ pub enum Transport {
 /// would over `transport`: parsing, FORMERR for undecodable messages, every
 /// answering policy, truncation and encoding; the lease held and no rate
 /// limit. `None` when the server would send nothing. Without sockets, so it
-/// serves the fuzz target and tests that compare bytes.
+/// serves the fuzz target and tests that compare bytes. Over UDP this is the
+/// handler alone, whose bytes the fast path must reproduce; [`UdpAnswerer`]
+/// runs the fast path first, as the server does.
 pub fn answer(view: Arc<ZoneView>, message: &[u8], transport: Transport) -> Option<Vec<u8>> {
     let (_sender, zone) = watch::channel(view);
     let authority = Authority {
@@ -627,6 +665,115 @@ pub fn answer(view: Arc<ZoneView>, message: &[u8], transport: Transport) -> Opti
     // Nothing in the handler waits on I/O or timers (`Captured` stores the
     // answer at once), so any executor will do; no runtime needed.
     futures::executor::block_on(authority.answer_raw(message.to_vec(), source, protocol))
+}
+
+/// A node's UDP answering without a socket, exactly as the UDP loop
+/// (`dns::fast`) composes it: the fast path first, then the handler for whatever the
+/// fast path declines. The lease and the rate limit are fixed when it is
+/// made, and every message comes from one source (192.0.2.1). It also
+/// answers with the handler alone, so the fuzz target and tests can check
+/// that both paths agree on what the fast path answers.
+pub struct UdpAnswerer {
+    /// The pre-encoded answers of the view.
+    table: fast::FastTable,
+    /// What answers the datagrams, fast path and handler alike.
+    authority: Authority,
+    /// The same handler with a rate limit of its own, for
+    /// [`UdpAnswerer::handler_answer`], so asking it spends nothing of
+    /// `authority`'s and both reach the same verdicts.
+    handler: Authority,
+}
+
+/// What the UDP path did with one datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UdpAnswer {
+    /// The fast path answered, with these bytes.
+    Fast(Vec<u8>),
+    /// The fast path spent the rate limit and sends nothing.
+    FastDropped,
+    /// The fast path declined; the handler's answer, if it sends one.
+    Handler(Option<Vec<u8>>),
+}
+
+/// The rate limit a [`UdpAnswerer`] answers under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpBudget {
+    /// No rate limit.
+    Unlimited,
+    /// The source is over its budget for good, with a slip of 1: every
+    /// answer goes out truncated, with no records.
+    Spent,
+}
+
+impl UdpAnswerer {
+    /// Where every message comes from.
+    const SOURCE: SocketAddr = SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        5353,
+    );
+
+    /// The UDP path over `view`, answering service names only while `lease`
+    /// holds, under `budget`.
+    pub fn new(view: Arc<ZoneView>, lease: Lease, budget: UdpBudget) -> UdpAnswerer {
+        let now = Instant::now();
+        let authority = || {
+            let limiter = match budget {
+                UdpBudget::Unlimited => None,
+                // Frozen time: the two limiters cannot drift apart. The one
+                // response of the budget is spent here.
+                UdpBudget::Spent => RateLimiter::frozen(1, 1, now).map(|limiter| {
+                    limiter.check(UdpAnswerer::SOURCE.ip(), now);
+                    Arc::new(limiter)
+                }),
+            };
+            let (_sender, zone) = watch::channel(Arc::clone(&view));
+            Authority {
+                zone,
+                lease: lease.clone(),
+                limiter,
+                metrics: None,
+            }
+        };
+        UdpAnswerer {
+            table: fast::FastTable::build(Arc::clone(&view)),
+            authority: authority(),
+            handler: authority(),
+        }
+    }
+
+    /// What the UDP server does with `datagram` (cut to the receive buffer
+    /// as the socket would): answered by the fast path, dropped by it, or
+    /// handed to the handler.
+    pub fn answer(&self, datagram: &[u8]) -> UdpAnswer {
+        let datagram = &datagram[..datagram.len().min(fast::RECV_BUFFER)];
+        let mut out = Vec::new();
+        let source = UdpAnswerer::SOURCE;
+        match self.table.answer(
+            &self.authority,
+            datagram,
+            source.ip(),
+            Instant::now(),
+            &mut out,
+        ) {
+            fast::Fast::Answer => UdpAnswer::Fast(out),
+            fast::Fast::Dropped => UdpAnswer::FastDropped,
+            fast::Fast::Slow => UdpAnswer::Handler(futures::executor::block_on(
+                self.authority
+                    .answer_raw(datagram.to_vec(), source, Protocol::Udp),
+            )),
+        }
+    }
+
+    /// What the handler alone would send for `datagram`: the slow path,
+    /// which must agree with every fast answer.
+    pub fn handler_answer(&self, datagram: &[u8]) -> Option<Vec<u8>> {
+        let datagram = &datagram[..datagram.len().min(fast::RECV_BUFFER)];
+        futures::executor::block_on(self.handler.answer_raw(
+            datagram.to_vec(),
+            UdpAnswerer::SOURCE,
+            Protocol::Udp,
+        ))
+    }
 }
 
 /// A [`ResponseHandler`] that keeps the encoded answer instead of sending it,

@@ -1,7 +1,9 @@
 //! Response rate limiting for UDP, in the spirit of BIND's RRL: a spoofed
 //! flood that names a victim as its source, or one greedy client, gets at
-//! most `rate` answers a second per client prefix (IPv4 /24, IPv6 /56, as
-//! BIND's defaults), and the other clients keep theirs.
+//! most `rate` answers a second per client prefix (IPv4 /24, IPv6 /56 by
+//! default, as BIND's; [`ClientPrefixes`]), and the other clients keep
+//! theirs. Sources in the exempt networks (BIND's `exempt-clients`;
+//! loopback by default) are never limited and take no slot.
 //!
 //! Each prefix has a token bucket holding one second of responses, kept as
 //! a GCRA "theoretical arrival time" (one number per prefix). Over the rate,
@@ -27,9 +29,57 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Entries in the table: BIND's default `max-table-size` is 20000. At 24
-/// bytes each this is 384 KiB, allocated once, and only when limiting is on.
+use crate::config::IpPrefix;
+
+/// Entries in the table: BIND's default `max-table-size` is 20000. At 32
+/// bytes each this is 512 KiB, allocated once, and only when limiting is on.
 pub(crate) const SLOTS: usize = 16384;
+
+/// How sources are grouped into clients: by the leading `ipv4` or `ipv6`
+/// bits of their address. The rate limit and the per-source TCP cap share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ClientPrefixes {
+    /// Leading bits of an IPv4 source that make one client (at most 32).
+    pub(crate) ipv4: u8,
+    /// Leading bits of an IPv6 source that make one client (at most 64).
+    pub(crate) ipv6: u8,
+}
+
+impl Default for ClientPrefixes {
+    fn default() -> ClientPrefixes {
+        ClientPrefixes {
+            ipv4: crate::config::DEFAULT_RATE_LIMIT_IPV4_PREFIX,
+            ipv6: crate::config::DEFAULT_RATE_LIMIT_IPV6_PREFIX,
+        }
+    }
+}
+
+/// One client prefix as a number: bit 64 marks IPv4 (then the prefix bits
+/// below it), bit 65 IPv6. Never 0, which marks a free slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct PrefixKey(u128);
+
+impl ClientPrefixes {
+    /// The client prefix `source` belongs to. An IPv4-mapped IPv6 source
+    /// (a dual-stack socket) counts as its IPv4 address. Lengths past 32
+    /// and 64 bits count as 32 and 64.
+    pub(crate) fn key(&self, source: IpAddr) -> PrefixKey {
+        match source.to_canonical() {
+            IpAddr::V4(v4) => {
+                let drop = 32 - u32::from(self.ipv4.min(32));
+                let bits = u32::from(v4).checked_shr(drop).unwrap_or(0);
+                PrefixKey(1 << 64 | u128::from(bits))
+            }
+            IpAddr::V6(v6) => {
+                let drop = 64 - u32::from(self.ipv6.min(64));
+                // The top half of the address; the shift leaves 64 bits.
+                let top = (u128::from(v6) >> 64) as u64;
+                let bits = top.checked_shr(drop).unwrap_or(0);
+                PrefixKey(2 << 64 | u128::from(bits))
+            }
+        }
+    }
+}
 
 /// Slots looked at for one prefix before one is evicted.
 const PROBE: usize = 8;
@@ -58,6 +108,10 @@ pub(crate) struct RateLimiter {
     base: Instant,
     /// Keyed with a random seed per process, so slot positions cannot be predicted.
     hasher: RandomState,
+    /// How sources are grouped into the prefixes that share a budget.
+    prefixes: ClientPrefixes,
+    /// Networks whose sources are never limited (`dns.rate_limit_exempt`).
+    exempt: Box<[IpPrefix]>,
     /// The fixed-size table; held only for one probe, never across an await.
     slots: Mutex<Box<[Slot]>>,
 }
@@ -65,8 +119,8 @@ pub(crate) struct RateLimiter {
 /// One prefix's state.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    /// The prefix ([`prefix_key`]); 0 marks a free slot (no key is 0).
-    key: u64,
+    /// The prefix; the default (0) marks a free slot (no key is 0).
+    key: PrefixKey,
     /// When the prefix's bucket is full again (GCRA's theoretical arrival
     /// time), in nanoseconds after `base`. At or before now: idle.
     full_at: u64,
@@ -75,10 +129,35 @@ struct Slot {
 }
 
 impl RateLimiter {
-    /// A limiter allowing `rate` responses a second per prefix, `None` when
-    /// `rate` is 0 (limiting off). `now` is the time base for [`Self::check`].
+    /// A limiter allowing `rate` responses a second per prefix (IPv4 /24,
+    /// IPv6 /56) and exempting no one, `None` when `rate` is 0 (limiting
+    /// off). `now` is the time base for [`Self::check`].
     pub(crate) fn new(rate: u32, slip: u32, now: Instant) -> Option<RateLimiter> {
         RateLimiter::with_slots(rate, slip, SLOTS, now)
+    }
+
+    /// [`Self::new`] with a clock that never advances past `now`: every
+    /// `check` for the next century happens at the same instant, so a
+    /// prefix that spent its budget stays over it. For comparing two paths
+    /// that must reach the same verdicts whatever the time between checks.
+    pub(crate) fn frozen(rate: u32, slip: u32, now: Instant) -> Option<RateLimiter> {
+        // Times before the base read as the base itself.
+        let base = now
+            .checked_add(Duration::from_secs(100 * 365 * 86_400))
+            .unwrap_or(now);
+        RateLimiter::new(rate, slip, base)
+    }
+
+    /// This limiter, grouping sources by `prefixes`.
+    pub(crate) fn grouped_by(mut self, prefixes: ClientPrefixes) -> RateLimiter {
+        self.prefixes = prefixes;
+        self
+    }
+
+    /// This limiter, never limiting sources in `exempt`.
+    pub(crate) fn exempting(mut self, exempt: &[IpPrefix]) -> RateLimiter {
+        self.exempt = exempt.into();
+        self
     }
 
     /// [`Self::new`] with a table of `slots` entries (a power of two), so tests
@@ -99,6 +178,8 @@ impl RateLimiter {
             slip,
             base: now,
             hasher: RandomState::new(),
+            prefixes: ClientPrefixes::default(),
+            exempt: Box::default(),
             slots: Mutex::new(vec![Slot::default(); slots.next_power_of_two()].into()),
         })
     }
@@ -106,8 +187,11 @@ impl RateLimiter {
     /// Spends one response of `source`'s prefix at `now`, or says what to do
     /// instead when its budget is gone.
     pub(crate) fn check(&self, source: IpAddr, now: Instant) -> Verdict {
+        if self.exempt.iter().any(|network| network.contains(source)) {
+            return Verdict::Send;
+        }
         let now = nanos(now.saturating_duration_since(self.base));
-        let key = prefix_key(source);
+        let key = self.prefixes.key(source);
         let hash = usize::try_from(self.hasher.hash_one(key)).unwrap_or_default();
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mask = slots.len() - 1;
@@ -127,7 +211,7 @@ impl RateLimiter {
                 break;
             }
             let victim_slot = &slots[victim];
-            let idle = |s: &Slot| s.key == 0 || s.full_at <= now;
+            let idle = |s: &Slot| s.key == PrefixKey::default() || s.full_at <= now;
             if !idle(victim_slot) && (idle(slot) || slot.full_at < victim_slot.full_at) {
                 victim = at;
             }
@@ -160,16 +244,6 @@ impl RateLimiter {
 /// Nanoseconds in `duration`, saturating (585 years).
 fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// The client prefix of `source` as one number: bit 63 marks IPv6 (then the
-/// top 56 bits of the address), bit 62 IPv4 (then the top 24 bits). An
-/// IPv4-mapped IPv6 source (a dual-stack socket) counts as its IPv4 address.
-fn prefix_key(source: IpAddr) -> u64 {
-    match source.to_canonical() {
-        IpAddr::V4(v4) => 1 << 62 | u64::from(u32::from(v4) >> 8),
-        IpAddr::V6(v6) => 1 << 63 | (u128::from(v6) >> 72) as u64,
-    }
 }
 
 #[cfg(test)]
@@ -254,6 +328,92 @@ mod tests {
         ] {
             assert_eq!(limiter.check(ip(source), start), verdict, "{source}");
         }
+    }
+
+    #[test]
+    fn exempt_sources_are_never_limited_and_spend_no_budget() {
+        let start = Instant::now();
+        let exempt = [
+            "127.0.0.53".parse().expect("a prefix"),
+            "2001:db8::/32".parse().expect("a prefix"),
+        ];
+        let limiter = RateLimiter::new(1, 0, start)
+            .expect("on")
+            .exempting(&exempt);
+        for source in ["127.0.0.53", "::ffff:127.0.0.53", "2001:db8:1:2::3"] {
+            assert_eq!(
+                spend(&limiter, source, start, 50),
+                [Verdict::Send; 50],
+                "{source}"
+            );
+        }
+        // A neighbour in the same /24 is limited as before, on its own budget.
+        assert_eq!(
+            spend(&limiter, "127.0.0.1", start, 3),
+            [Verdict::Send, Verdict::Drop, Verdict::Drop]
+        );
+        assert_eq!(limiter.check(ip("127.0.0.53"), start), Verdict::Send);
+        let slots = limiter.slots.lock().expect("not poisoned");
+        let used = slots
+            .iter()
+            .filter(|s| s.key != PrefixKey::default())
+            .count();
+        assert_eq!(used, 1, "exempt sources take no slot");
+    }
+
+    #[test]
+    fn the_prefix_lengths_decide_which_sources_share_a_budget() {
+        let start = Instant::now();
+        let limiter = RateLimiter::new(1, 0, start)
+            .expect("on")
+            .grouped_by(ClientPrefixes { ipv4: 32, ipv6: 64 });
+        for (source, verdict) in [
+            ("192.0.2.1", Verdict::Send),
+            ("192.0.2.1", Verdict::Drop),
+            // Another host in the /24: its own budget at /32.
+            ("192.0.2.2", Verdict::Send),
+            ("2001:db8:0:1::1", Verdict::Send),
+            ("2001:db8:0:1:ffff::2", Verdict::Drop),
+            ("2001:db8:0:2::1", Verdict::Send),
+        ] {
+            assert_eq!(limiter.check(ip(source), start), verdict, "{source}");
+        }
+        let wide = RateLimiter::new(1, 0, start)
+            .expect("on")
+            .grouped_by(ClientPrefixes { ipv4: 8, ipv6: 16 });
+        assert_eq!(wide.check(ip("10.1.2.3"), start), Verdict::Send);
+        assert_eq!(wide.check(ip("10.200.0.1"), start), Verdict::Drop);
+        assert_eq!(wide.check(ip("2001:ffff::1"), start), Verdict::Send);
+        assert_eq!(wide.check(ip("2001:1::1"), start), Verdict::Drop);
+        assert_eq!(wide.check(ip("11.0.0.1"), start), Verdict::Send);
+    }
+
+    #[test]
+    fn ipv4_and_ipv6_prefixes_never_share_a_key_and_none_is_the_free_mark() {
+        let prefixes = ClientPrefixes { ipv4: 32, ipv6: 64 };
+        let v4 = prefixes.key(ip("0.0.0.0"));
+        let v6 = prefixes.key(ip("::"));
+        assert_ne!(v4, v6);
+        assert_ne!(v4, PrefixKey::default());
+        assert_ne!(v6, PrefixKey::default());
+        assert_ne!(
+            prefixes.key(ip("255.255.255.255")),
+            prefixes.key(ip("::ffff:ffff"))
+        );
+    }
+
+    #[test]
+    fn a_frozen_limiter_never_refills() {
+        let now = Instant::now();
+        let limiter = RateLimiter::frozen(1, 1, now).expect("on");
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(limiter.check(ip("192.0.2.1"), now), Verdict::Send);
+        assert_eq!(spend(&limiter, "192.0.2.1", later, 3), [Verdict::Slip; 3]);
+    }
+
+    #[test]
+    fn a_slot_takes_32_bytes_as_the_table_size_says() {
+        assert_eq!(size_of::<Slot>(), 32);
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! DNS over TCP (RFC 7766, 2-byte length framing) with the limits hickory's
-//! listener lacks: at most `tcp_max_connections` open at once, and every
+//! listener lacks: at most `tcp_max_connections` open at once, and at most
+//! `tcp_max_connections_per_source` of them from one client prefix (the
+//! rate limit's prefixes), so one source cannot hold every slot and shut
+//! out the TCP retries that truncated UDP answers depend on; and every
 //! connection closed when it has not delivered its next complete query
 //! within `tcp_timeout`, idle and slow (partial frame) alike, or does not
 //! take its answer within that time.
 //!
-//! A connection over the cap is accepted and closed at once, rather than
+//! A connection over either cap is accepted and closed at once, rather than
 //! left waiting in the kernel's backlog: the client learns straight away
 //! and can try another nameserver, and the accept loop never spins on a
 //! full descriptor table (hickory's did, at ~94% of a core). Queries on one
@@ -15,9 +18,10 @@
 //! and handler as UDP, so the bytes are what hickory's listener sent. This
 //! module must never answer anything itself.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
@@ -28,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::rate_limit::{ClientPrefixes, PrefixKey};
 use super::{Authority, DnsError, Limits};
 
 /// How long accepting pauses when the process or system is out of file
@@ -46,6 +51,7 @@ pub(super) async fn serve(
     let open = Arc::new(Semaphore::new(
         usize::try_from(limits.tcp_max_connections).unwrap_or(usize::MAX),
     ));
+    let per_source = PerSource::new(limits.prefixes(), limits.tcp_max_connections_per_source);
     // Owns every connection task: dropping it (on return) closes them all.
     let mut connections = JoinSet::new();
     // Whether running out of descriptors has been logged since the last
@@ -85,6 +91,15 @@ pub(super) async fn serve(
             }
         };
         exhausted = false;
+        // The source's own cap first, so a source at it takes no global slot.
+        let Some(source_slot) = per_source.open(peer) else {
+            debug!(%peer, max = limits.tcp_max_connections_per_source, "closing a DNS TCP connection: too many open from its prefix");
+            if let Some(metrics) = &authority.metrics {
+                metrics.dns_tcp_refused();
+            }
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             debug!(%peer, max = limits.tcp_max_connections, "closing a DNS TCP connection: too many open");
             if let Some(metrics) = &authority.metrics {
@@ -98,7 +113,7 @@ pub(super) async fn serve(
             peer,
             authority.clone(),
             limits.tcp_timeout,
-            permit,
+            (permit, source_slot),
         ));
     }
 }
@@ -110,8 +125,9 @@ async fn connection(
     peer: SocketAddr,
     authority: Authority,
     timeout: Duration,
-    // Held for as long as the connection is open.
-    _permit: OwnedSemaphorePermit,
+    // Held for as long as the connection is open: its global and its
+    // prefix's slot.
+    _slots: (OwnedSemaphorePermit, SourceSlot),
 ) {
     loop {
         // Partial bytes do not extend the deadline: a slow sender gets the
@@ -157,6 +173,63 @@ async fn connection(
     }
 }
 
+/// Open connections per client prefix, capped at `max` each.
+struct PerSource {
+    /// How peers are grouped into clients (the rate limit's prefixes).
+    prefixes: ClientPrefixes,
+    /// `dns.tcp_max_connections_per_source`.
+    max: u32,
+    /// Prefixes with at least one connection open, and how many; an entry
+    /// goes when its last connection closes, so at most one per connection.
+    open: Arc<Mutex<HashMap<PrefixKey, u32>>>,
+}
+
+impl PerSource {
+    fn new(prefixes: ClientPrefixes, max: u32) -> PerSource {
+        PerSource {
+            prefixes,
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `peer`'s prefix, held until
+    /// dropped; `None` when the prefix already has `max` open.
+    fn open(&self, peer: SocketAddr) -> Option<SourceSlot> {
+        let key = self.prefixes.key(peer.ip());
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.get(&key).copied().unwrap_or(0);
+        if count >= self.max {
+            return None;
+        }
+        open.insert(key, count + 1);
+        Some(SourceSlot {
+            key,
+            open: Arc::clone(&self.open),
+        })
+    }
+}
+
+/// One open connection's place in its prefix's count; given back on drop.
+struct SourceSlot {
+    /// The prefix whose count this holds one of.
+    key: PrefixKey,
+    /// [`PerSource`]'s counts, shared with it.
+    open: Arc<Mutex<HashMap<PrefixKey, u32>>>,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// Reads one length-prefixed message; `None` when the client closed the
 /// connection between messages.
 async fn read_frame(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
@@ -184,4 +257,45 @@ fn is_fatal(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(text: &str) -> SocketAddr {
+        text.parse().expect("a socket address")
+    }
+
+    #[test]
+    fn a_prefix_gets_its_cap_of_connections_and_its_slots_back_as_they_close() {
+        let per_source = PerSource::new(ClientPrefixes::default(), 2);
+        let first = per_source.open(peer("192.0.2.1:1000"));
+        let second = per_source.open(peer("192.0.2.200:1001"));
+        assert!(first.is_some() && second.is_some());
+        // Same /24, any port or host: over the cap.
+        assert!(per_source.open(peer("192.0.2.7:1002")).is_none());
+        assert!(per_source.open(peer("[::ffff:192.0.2.9]:1003")).is_none());
+        // Another prefix is not affected.
+        let other = per_source.open(peer("192.0.3.1:1000"));
+        assert!(other.is_some());
+        drop(first);
+        assert!(per_source.open(peer("192.0.2.7:1004")).is_some());
+        drop((second, other));
+        let open = per_source.open.lock().expect("not poisoned");
+        assert!(open.is_empty(), "closed prefixes are forgotten: {open:?}");
+    }
+
+    #[test]
+    fn the_per_source_cap_groups_sources_by_the_configured_prefixes() {
+        let hosts = ClientPrefixes { ipv4: 32, ipv6: 64 };
+        let per_source = PerSource::new(hosts, 1);
+        let _held = per_source.open(peer("192.0.2.1:1000")).expect("a slot");
+        assert!(per_source.open(peer("192.0.2.2:1000")).is_some());
+        let _v6 = per_source
+            .open(peer("[2001:db8:0:1::1]:53"))
+            .expect("a slot");
+        assert!(per_source.open(peer("[2001:db8:0:1::2]:53")).is_none());
+        assert!(per_source.open(peer("[2001:db8:0:2::1]:53")).is_some());
+    }
 }

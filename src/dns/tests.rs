@@ -1022,9 +1022,11 @@ async fn answer_gives_the_bytes_the_udp_server_sends() {
 async fn over_the_rate_udp_answers_are_dropped_or_slipped_and_tcp_is_not_limited() {
     let (config, _dir) = small_config();
     let metrics = crate::metrics::Metrics::new();
+    // The test queries from loopback, exempt by default.
     let limits = Limits {
         rate_limit: 5,
         rate_limit_slip: 2,
+        rate_limit_exempt: Vec::new(),
         ..Limits::default()
     };
     let view = ZoneView::build(&config, &decided(), true);
@@ -1447,4 +1449,185 @@ fn a_compressed_question_name_gets_formerr_without_the_question() {
     let raw = super::answer(view, &plain, super::Transport::Udp).expect("an answer");
     let reply = Message::from_vec(&raw).expect("decodable");
     assert_header(&reply, ResponseCode::NoError, true);
+}
+
+/// Sends `count` copies of `question` from `from` and sorts the replies
+/// into full and truncated ones.
+async fn udp_burst(server: SocketAddr, from: &str, question: &[u8], count: u64) -> (u64, u64) {
+    let socket = UdpSocket::bind(from).await.expect("bind");
+    for _ in 0..count {
+        socket.send_to(question, server).await.expect("send");
+    }
+    let (mut full, mut truncated) = (0, 0);
+    let mut buf = vec![0; 4096];
+    while let Ok(received) =
+        tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf)).await
+    {
+        let (len, _) = received.expect("recv");
+        let reply = Message::from_vec(&buf[..len]).expect("decodable");
+        if reply.metadata.truncation {
+            truncated += 1;
+        } else {
+            full += 1;
+        }
+    }
+    (full, truncated)
+}
+
+#[tokio::test]
+async fn loopback_is_exempt_from_the_rate_limit_by_default_and_others_are_not() {
+    // Regression: every 127.0.0.0/24 source shared one budget, so a local
+    // flood from 127.0.0.1 starved the stub resolver at 127.0.0.53.
+    let (config, _dir) = small_config();
+    let limits = Limits {
+        rate_limit: 2,
+        rate_limit_slip: 1,
+        ..Limits::default()
+    };
+    assert_eq!(
+        limits.rate_limit_exempt,
+        crate::config::DEFAULT_RATE_LIMIT_EXEMPT
+    );
+    let view = ZoneView::build(&config, &decided(), true);
+    let server = Harness::spawn(view, crate::dns::Lease::forever(), None, limits).await;
+    let question = query_edns("db.svc.example.", RecordType::A, 1232, false)
+        .to_vec()
+        .expect("encode");
+    // Both through the fast path (db A) and the handler (the apex MX).
+    let handler_question = query("svc.example.", RecordType::MX)
+        .to_vec()
+        .expect("encode");
+    for question in [&question, &handler_question] {
+        for from in ["127.0.0.1:0", "127.0.0.53:0"] {
+            let (full, truncated) = udp_burst(server.udp, from, question, 20).await;
+            assert_eq!((full, truncated), (20, 0), "from {from}");
+        }
+    }
+    server.stop().await;
+
+    // Without the exemption the same burst is limited, fast path or not.
+    let limits = Limits {
+        rate_limit: 2,
+        rate_limit_slip: 1,
+        rate_limit_exempt: vec!["127.0.0.53".parse().expect("a prefix")],
+        ..Limits::default()
+    };
+    let view = ZoneView::build(&config, &decided(), true);
+    let server = Harness::spawn(view, crate::dns::Lease::forever(), None, limits).await;
+    for question in [&question, &handler_question] {
+        let (full, truncated) = udp_burst(server.udp, "127.0.0.1:0", question, 20).await;
+        assert!(
+            full <= 3 && full + truncated == 20,
+            "{full} full, {truncated} TC"
+        );
+        // The exempt neighbour in the same /24 is still answered in full.
+        let exempt = udp_burst(server.udp, "127.0.0.53:0", question, 20).await;
+        assert_eq!(exempt, (20, 0));
+    }
+    server.stop().await;
+}
+
+#[test]
+fn limits_carry_the_dns_tables_exemptions_prefixes_and_per_source_cap() {
+    let (mut config, _dir) = small_config();
+    config.dns.rate_limit_exempt = vec!["192.0.2.0/24".parse().expect("a prefix")];
+    config.dns.rate_limit_ipv4_prefix = 32;
+    config.dns.rate_limit_ipv6_prefix = 64;
+    config.dns.tcp_max_connections_per_source = 3;
+    let limits = Limits::from(&config.dns);
+    assert_eq!(limits.rate_limit_exempt, config.dns.rate_limit_exempt);
+    assert_eq!(
+        (
+            limits.rate_limit_ipv4_prefix,
+            limits.rate_limit_ipv6_prefix,
+            limits.tcp_max_connections_per_source
+        ),
+        (32, 64, 3)
+    );
+}
+
+/// The seed inputs of the `dns_request` fuzz target, by file name.
+fn fuzz_seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dns_request");
+    let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("the fuzz corpus")
+        .map(|entry| {
+            let path = entry.expect("a corpus entry").path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (name, std::fs::read(&path).expect("a corpus file"))
+        })
+        .collect();
+    seeds.sort();
+    seeds
+}
+
+#[test]
+fn the_udp_answerer_answers_hot_questions_fast_and_the_rest_by_the_handler() {
+    use super::{UdpAnswer, UdpAnswerer, UdpBudget};
+    let (config, _dir) = small_config();
+    let view = Arc::new(ZoneView::build(&config, &decided(), true));
+    let answerers = [
+        (true, UdpBudget::Unlimited),
+        (false, UdpBudget::Unlimited),
+        (true, UdpBudget::Spent),
+        (false, UdpBudget::Spent),
+    ]
+    .map(|(held, budget)| {
+        let lease = if held {
+            crate::dns::Lease::forever()
+        } else {
+            crate::dns::Lease::new()
+        };
+        UdpAnswerer::new(Arc::clone(&view), lease, budget)
+    });
+    let seeds = fuzz_seeds();
+    assert!(seeds.len() > 30, "{} seeds", seeds.len());
+    for (name, seed) in seeds {
+        // As the fuzz target picks them: the ID's second byte.
+        let id = seed.get(1).copied().unwrap_or(0);
+        let lapsed = id & 0x01 != 0;
+        let spent = id & 0x80 != 0;
+        let answerer = &answerers[usize::from(lapsed) + 2 * usize::from(spent)];
+        let answer = answerer.answer(&seed);
+        let by_handler = answerer.handler_answer(&seed);
+        match &answer {
+            UdpAnswer::Fast(fast) => {
+                assert_eq!(Some(fast), by_handler.as_ref(), "{name}");
+                let reply = Message::from_vec(fast).expect("decodable");
+                assert_eq!(reply.metadata.truncation, spent, "{name}");
+            }
+            UdpAnswer::Handler(wire) => assert_eq!(wire, &by_handler, "{name}"),
+            UdpAnswer::FastDropped => panic!("{name}: dropped with slip 1"),
+        }
+        // The seeds made for the fast path reach it, except service names
+        // under a lapsed lease, which are the handler's (SERVFAIL); ANY is
+        // always the handler's.
+        if name.starts_with("handler_") {
+            assert!(matches!(answer, UdpAnswer::Handler(Some(_))), "{name}");
+            continue;
+        }
+        if !["fast_", "lapsed_", "spent_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            continue;
+        }
+        let service = !name.contains("apex");
+        assert_eq!(
+            matches!(answer, UdpAnswer::Fast(_)),
+            !(lapsed && service),
+            "{name}: {answer:?}"
+        );
+        if lapsed && service {
+            let reply = Message::from_vec(&by_handler.expect("an answer")).expect("decodable");
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::ServFail,
+                "{name}"
+            );
+        }
+    }
 }

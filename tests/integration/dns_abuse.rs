@@ -1,12 +1,14 @@
 //! The DNS server under abuse, measured on a real node over loopback: a UDP
-//! flood from one prefix against a client on another, ANY, more TCP
-//! connections than the cap, idle and slowloris connections, and oversized
-//! API bodies. Each test prints what it measured (`--nocapture` shows it)
+//! flood from one prefix against a client on another, a flood beside an
+//! exempt client in the same prefix, ANY, more TCP connections than the
+//! cap, one source holding more than its share, idle and slowloris
+//! connections, and oversized API bodies. Each test prints what it measured (`--nocapture` shows it)
 //! and asserts behaviour; timings only within generous bounds.
 //!
 //! Every packet goes to 127.0.0.0/8. Clients bind distinct loopback
 //! addresses (Linux routes the whole /8 to `lo`) in different /24s, which
-//! the rate limit treats as different clients.
+//! the rate limit treats as different clients. Loopback is exempt from the
+//! rate limit by default, so the tests that flood set their own exemptions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use anyhow::{Context, Result, bail, ensure};
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::time::Instant;
 
 use crate::harness::{
@@ -140,7 +142,10 @@ const RATE_LIMIT: u64 = 200;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_one_prefix_is_limited_while_a_client_on_another_is_answered() -> Result<()> {
-    let node = AbuseNode::start(&format!("rate_limit = {RATE_LIMIT}\nrate_limit_slip = 2")).await?;
+    let node = AbuseNode::start(&format!(
+        "rate_limit = {RATE_LIMIT}\nrate_limit_slip = 2\nrate_limit_exempt = []"
+    ))
+    .await?;
     node.decided().await?;
     let dns = node.node.dns;
     let flood = Arc::new(UdpSocket::bind("127.0.1.1:0").await?);
@@ -264,6 +269,108 @@ async fn a_flood_from_one_prefix_is_limited_while_a_client_on_another_is_answere
     ensure!(
         victim_rate >= 0.9,
         "the other client got {answered} of {asked} answers"
+    );
+    Ok(())
+}
+
+/// Replies to a paced burst from one source, by kind.
+#[derive(Debug, Default, Clone, Copy)]
+struct Burst {
+    sent: u64,
+    full: u64,
+    truncated: u64,
+}
+
+/// Sends `count` copies of `query` from `from` to `server`, `FLOOD_BATCH`
+/// every `FLOOD_TICK` (so the server's policy, not a socket buffer, is what
+/// limits), while counting the replies until none has come for 500 ms.
+async fn paced_burst(from: &str, server: SocketAddr, query: Vec<u8>, count: u64) -> Result<Burst> {
+    let socket = Arc::new(UdpSocket::bind(from).await?);
+    let receiver = {
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            let (mut full, mut truncated) = (0, 0);
+            let mut buf = [0; 2048];
+            while let Ok(Ok((len, _))) =
+                tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await
+            {
+                match buf.get(2).filter(|_| len >= 12) {
+                    Some(flags) if flags & 0x02 != 0 => truncated += 1,
+                    Some(_) => full += 1,
+                    None => {}
+                }
+            }
+            (full, truncated)
+        })
+    };
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(FLOOD_TICK);
+    while sent < count {
+        tick.tick().await;
+        for _ in 0..FLOOD_BATCH.min(count - sent) {
+            socket.send_to(&query, server).await?;
+            sent += 1;
+        }
+    }
+    let (full, truncated) = receiver.await?;
+    Ok(Burst {
+        sent,
+        full,
+        truncated,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exempt_client_is_never_limited_while_a_flood_from_its_own_prefix_is() -> Result<()> {
+    // The case the exemption is for: a local stub resolver at 127.0.0.53
+    // shares 127.0.0.0/24 with whatever floods from 127.0.0.1.
+    const RATE: u64 = 50;
+    const QUERIES: u64 = 500;
+    let node = AbuseNode::start(&format!(
+        "rate_limit = {RATE}\nrate_limit_slip = 2\nrate_limit_exempt = [\"127.0.0.53\"]"
+    ))
+    .await?;
+    node.decided().await?;
+    let dns = node.node.dns;
+    let query = question(0xe100, &format!("app.{ZONE}"), RecordType::A, true)?;
+    let start = Instant::now();
+    let (flood, stub) = tokio::join!(
+        paced_burst("127.0.0.1:0", dns, query.clone(), QUERIES),
+        paced_burst("127.0.0.53:0", dns, query, QUERIES),
+    );
+    let (flood, stub) = (flood?, stub?);
+    let seconds = start.elapsed().as_secs_f64();
+    let dropped = node
+        .metric("highlander_dns_rate_limited_total{action=\"dropped\"}")
+        .await?;
+    let slipped = node
+        .metric("highlander_dns_rate_limited_total{action=\"slipped\"}")
+        .await?;
+    node.stop().await?;
+    eprintln!(
+        "dns_abuse | rate_limit {RATE}/s, 127.0.0.53 exempt, both sending {QUERIES} in {seconds:.2} s\n\
+         dns_abuse |   flood 127.0.0.1   {:>4} full, {:>4} truncated\n\
+         dns_abuse |   stub 127.0.0.53   {:>4} full, {:>4} truncated\n\
+         dns_abuse |   limited           {dropped} dropped, {slipped} slipped",
+        flood.full, flood.truncated, stub.full, stub.truncated,
+    );
+    // The flood got its budget, no more (25% slack for scheduling) ...
+    let budget = RATE as f64 * (seconds + 1.0) * 1.25;
+    ensure!(
+        (flood.full as f64) <= budget && dropped > 0 && slipped > 0,
+        "the flood was not limited: {flood:?}, budget {budget:.0}"
+    );
+    // ... while the exempt client beside it, asking as fast, got every
+    // answer in full: far beyond what the limit would have let through.
+    ensure!(
+        stub.truncated == 0,
+        "the exempt client was limited: {stub:?}"
+    );
+    ensure!(
+        stub.full as f64 >= stub.sent as f64 * 0.95 && stub.full as f64 > budget,
+        "the exempt client got {} of {} answers",
+        stub.full,
+        stub.sent
     );
     Ok(())
 }
@@ -396,6 +503,79 @@ async fn tcp_connections_over_the_cap_are_closed_and_idle_or_slow_ones_time_out(
     ensure!(
         slow_close >= TCP_TIMEOUT.mul_f64(0.9),
         "slowloris closed after {slow_close:?}"
+    );
+    Ok(())
+}
+
+/// A TCP connection to `server` from the loopback address `from`.
+async fn tcp_connect_from(from: &str, server: SocketAddr) -> Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(format!("{from}:0").parse()?)?;
+    Ok(socket.connect(server).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_is_held_to_its_tcp_share_while_another_still_gets_in() -> Result<()> {
+    // Regression: the cap was global only, so one source could hold every
+    // slot (renewing each with a query before its timeout) and shut out the
+    // TCP retries that truncated UDP answers depend on.
+    const CAP: usize = 8;
+    const PER_SOURCE: usize = 3;
+    let node = AbuseNode::start(&format!(
+        "tcp_max_connections = {CAP}\ntcp_max_connections_per_source = {PER_SOURCE}\ntcp_timeout = \"5s\""
+    ))
+    .await?;
+    let dns = node.node.dns;
+    let soa = question(11, ZONE, RecordType::SOA, false)?;
+
+    // The hog takes its share; an answer on each proves it is held open.
+    let mut held = Vec::new();
+    for _ in 0..PER_SOURCE {
+        let mut stream = tcp_connect_from("127.0.1.1", dns).await?;
+        tcp_exchange(&mut stream, &soa).await?;
+        held.push(stream);
+    }
+    // More from it, or from anywhere in its /24, are closed unanswered
+    // although the global cap has room.
+    for from in ["127.0.1.1", "127.0.1.1", "127.0.1.200"] {
+        let mut stream = tcp_connect_from(from, dns).await?;
+        let mut framed = u16::try_from(soa.len())?.to_be_bytes().to_vec();
+        framed.extend_from_slice(&soa);
+        let _ = stream.write_all(&framed).await;
+        closed_within(&mut stream, Duration::from_secs(1))
+            .await
+            .with_context(|| format!("connection {} from {from}", held.len() + 1))?;
+    }
+    let refused = node.metric("highlander_dns_tcp_refused_total").await?;
+    ensure!(refused == 3, "{refused} connections counted as refused");
+    // Renewing its connections with queries gains the hog nothing ...
+    for stream in &mut held {
+        tcp_exchange(stream, &soa).await?;
+    }
+    // ... while another source still connects and is answered.
+    let mut other = tcp_connect_from("127.0.2.1", dns).await?;
+    let reply = tcp_exchange(&mut other, &soa).await?;
+    ensure!(reply.metadata.response_code == ResponseCode::NoError);
+
+    // Closing one of the hog's connections gives its slot back.
+    drop(held.pop());
+    let reopened = eventually(
+        Duration::from_secs(3),
+        "a freed per-source slot",
+        || async {
+            let mut stream = tcp_connect_from("127.0.1.1", dns).await?;
+            Ok(tcp_exchange(&mut stream, &soa).await.ok().map(|_| stream))
+        },
+    )
+    .await?;
+    let refused_total = node.metric("highlander_dns_tcp_refused_total").await?;
+    drop((held, other, reopened));
+    node.stop().await?;
+    eprintln!(
+        "dns_abuse | TCP per source (tcp_max_connections {CAP}, per source {PER_SOURCE})\n\
+         dns_abuse |   127.0.1.0/24 held {PER_SOURCE}, 3 more closed unanswered (counted {refused})\n\
+         dns_abuse |   127.0.2.1 connected and answered meanwhile\n\
+         dns_abuse |   a closed connection's slot reused ({refused_total} refused in all)"
     );
     Ok(())
 }
