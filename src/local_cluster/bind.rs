@@ -62,7 +62,10 @@ pub struct LocalBind {
 
 impl LocalBind {
     /// Starts `named` for `zone` (absolute) with a fresh key of `algorithm`
-    /// (`hmac-sha256` or `hmac-sha512`).
+    /// (`hmac-sha256` or `hmac-sha512`). It is stopped when this is dropped,
+    /// and killed by the kernel when the thread that started it ends, so a
+    /// test run killed outright leaves no `named` behind: start it from a
+    /// thread that outlives its use (a test's own, a runtime's worker).
     pub fn start(
         zone: &str,
         algorithm: &'static str,
@@ -90,6 +93,7 @@ impl LocalBind {
             let log = std::fs::File::create(dir.path().join("named.log"))
                 .map_err(io("create named's log"))?;
             let mut command = in_netns(netns.as_deref(), named);
+            super::die_with_parent_thread(&mut command);
             command
                 .args(["-g", "-n", "1", "-c"])
                 .arg(dir.path().join("named.conf"))

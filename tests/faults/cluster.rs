@@ -21,7 +21,9 @@ pub const NODES: [u64; 3] = [1, 2, 3];
 pub const INSTANCES: [(&str, u8); 2] = [("primary", 11), ("backup", 12)];
 pub const DNS_PORT: u16 = 5300;
 const API_PORT: u16 = 8000;
-const RPC_PORT: u16 = 7000;
+pub const RPC_PORT: u16 = 7000;
+/// What the nodes' API takes as a bearer token for changes.
+const API_TOKEN: &str = "fault-suite-api-token-0123";
 const INSTANCE_PORT: u16 = 8080;
 pub const ZONE: &str = "svc.test.";
 
@@ -63,10 +65,14 @@ pub enum Clock {
     /// seconds ahead of everyone else's.
     AheadBy(u64),
     /// With libfaketime preloaded, its wall clock offset by what the node's
-    /// offset file says at each read ([`FaultCluster::set_wall_clock`]);
+    /// offset file says at each read ([`FaultCluster::set_clock_offset`]);
     /// the monotonic clock is left alone. Time namespaces cannot move
     /// CLOCK_REALTIME, so this is how a wall-clock jump is made.
     FakeWall,
+    /// Like [`Clock::FakeWall`], but the monotonic clock moves with the
+    /// offset too: a time namespace's offset is fixed once a process is in
+    /// it, so this is how a running node's monotonic clock jumps.
+    FakeBoth,
 }
 
 /// libfaketime's thread-safe build (Debian's `faketime` package).
@@ -105,12 +111,8 @@ pub struct FaultCluster {
 }
 
 impl FaultCluster {
-    /// Makes the sandbox, starts both instances and all three nodes.
-    pub async fn start() -> Result<FaultCluster> {
-        FaultCluster::start_with(Setup::default()).await
-    }
-
-    /// Like [`FaultCluster::start`], set up as `setup` says.
+    /// Makes the sandbox, starts both instances and all three nodes, set
+    /// up as `setup` says.
     pub async fn start_with(setup: Setup) -> Result<FaultCluster> {
         let Setup {
             small_disk,
@@ -132,7 +134,7 @@ impl FaultCluster {
             dir.path().join("cluster.secret"),
             "fault-suite-secret-0123456789",
         )?;
-        std::fs::write(dir.path().join("api.token"), "fault-suite-api-token-0123")?;
+        std::fs::write(dir.path().join("api.token"), API_TOKEN)?;
         let bind = if publish {
             let member = sandbox.member(BIND_MEMBER)?;
             Some(LocalBind::start(
@@ -169,7 +171,7 @@ impl FaultCluster {
                     "tmpfs",
                     "-o",
                     SMALL_DISK,
-                    "highlander-fault",
+                    &crate::net::mount_source(),
                     &path_text,
                 ],
             )?;
@@ -224,16 +226,18 @@ impl FaultCluster {
                 "--",
             ]);
         }
-        if clock == Clock::FakeWall {
-            let file = self.wall_clock_file(id);
+        if matches!(clock, Clock::FakeWall | Clock::FakeBoth) {
+            let file = self.clock_file(id);
             if !file.exists() {
                 std::fs::write(&file, "+0")?;
             }
             command
                 .env("LD_PRELOAD", LIBFAKETIME)
                 .env("FAKETIME_TIMESTAMP_FILE", file)
-                .env("FAKETIME_NO_CACHE", "1")
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                .env("FAKETIME_NO_CACHE", "1");
+            if clock == Clock::FakeWall {
+                command.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
         }
         command
             .arg(&self.binary)
@@ -259,14 +263,15 @@ impl FaultCluster {
         Ok(())
     }
 
-    fn wall_clock_file(&self, id: u64) -> PathBuf {
+    fn clock_file(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node-{id}.faketime"))
     }
 
-    /// Moves the wall clock of node `id` (started with [`Clock::FakeWall`])
-    /// to `offset_seconds` from the real one, from its next read on.
-    pub fn set_wall_clock(&self, id: u64, offset_seconds: i64) -> Result<()> {
-        std::fs::write(self.wall_clock_file(id), format!("{offset_seconds:+}"))?;
+    /// Moves node `id`'s faked clocks (started with [`Clock::FakeWall`] or
+    /// [`Clock::FakeBoth`]) to `offset_seconds` from the real ones, from
+    /// their next read on.
+    pub fn set_clock_offset(&self, id: u64, offset_seconds: i64) -> Result<()> {
+        std::fs::write(self.clock_file(id), format!("{offset_seconds:+}"))?;
         Ok(())
     }
 
@@ -307,6 +312,11 @@ impl FaultCluster {
     }
 
     /// The last `lines` lines of every node's log.
+    /// Everything node `id` has logged in this run.
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(self.log_path(id)).unwrap_or_default()
+    }
+
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for id in NODES {
@@ -354,6 +364,22 @@ impl FaultCluster {
 
     /// `GET path` on node `id`'s API, from inside its namespace.
     pub async fn get(&self, id: u64, path: &str) -> Result<serde_json::Value> {
+        self.request(id, "GET", path, "").await
+    }
+
+    /// `POST path` with a JSON `body` and the API token on node `id`'s API:
+    /// a change the node acknowledges with its answer.
+    pub async fn post(&self, id: u64, path: &str, body: &str) -> Result<serde_json::Value> {
+        self.request(id, "POST", path, body).await
+    }
+
+    async fn request(
+        &self,
+        id: u64,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<serde_json::Value> {
         let ns = self.sandbox.member(&node_member(id))?.ns.clone();
         let addr = SocketAddr::from((node_ip(id), API_PORT));
         let stream = in_netns(&ns, move || {
@@ -362,27 +388,26 @@ impl FaultCluster {
             Ok(stream)
         })?;
         let mut stream = tokio::net::TcpStream::from_std(stream)?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nhost: node\r\nauthorization: Bearer {API_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
         let exchange = async {
-            stream
-                .write_all(
-                    format!("GET {path} HTTP/1.1\r\nhost: node\r\nconnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
-                .await?;
+            stream.write_all(request.as_bytes()).await?;
             let mut response = Vec::new();
             stream.read_to_end(&mut response).await?;
             Ok::<_, anyhow::Error>(response)
         };
-        let response = tokio::time::timeout(Duration::from_secs(2), exchange)
+        let response = tokio::time::timeout(Duration::from_secs(5), exchange)
             .await
-            .context("no API response within 2 s")??;
+            .context("no API response within 5 s")??;
         let text = String::from_utf8_lossy(&response);
         let (head, body) = text
             .split_once("\r\n\r\n")
             .context("no end of headers in the API response")?;
         if !head.starts_with("HTTP/1.1 200") {
             bail!(
-                "GET {path} on node {id}: {}",
+                "{method} {path} on node {id}: {}: {body}",
                 head.lines().next().unwrap_or("")
             );
         }

@@ -25,6 +25,9 @@ use crate::net::in_netns;
 /// The "node" whose observations are what the external DNS server holds.
 pub const PUBLISHED: u64 = 0;
 
+/// The end of the recording, as the end of an [`Expect`] window.
+pub const END: u64 = u64::MAX;
+
 /// How often each node is asked.
 pub const QUERY_EVERY: Duration = Duration::from_millis(50);
 
@@ -229,11 +232,20 @@ pub struct Expect {
     /// should fail over.
     pub max_changes: usize,
     /// (node, from, to): the node is in the majority throughout, so every
-    /// query it got in the window must be answered.
+    /// query it got in the window must be answered...
     pub must_answer: Vec<(u64, u64, u64)>,
+    /// ...or, where this is not zero, no run of unanswered queries may
+    /// last longer than this (a lossy network stalls TCP for a
+    /// retransmission timeout or more, which a heartbeat cannot beat).
+    pub tolerated_gap: Duration,
     /// Commits seen before a whole-cluster restart, all of which must still
     /// be there after it (S5).
     pub committed_before: Vec<Commit>,
+    /// (node, from, to): the node runs but is cut off from the majority in
+    /// this window, so once its lease is over it must be seen refusing
+    /// (SERVFAIL, S3), not merely silent: silence would also pass the S3
+    /// check if the node had crashed or the fault had not bitten.
+    pub must_refuse: Vec<(u64, u64, u64)>,
 }
 
 /// What the checker found.
@@ -337,19 +349,81 @@ pub fn check(
             ));
         }
     }
+    // S1 in the log itself: each commit a new epoch, higher than the last.
+    let mut by_index: Vec<&Commit> = commits.iter().collect();
+    by_index.sort_by_key(|c| c.index);
+    for pair in by_index.windows(2) {
+        if pair[1].epoch <= pair[0].epoch {
+            violations.push(format!(
+                "S1: the log commits epoch {} at index {} after epoch {} at index {}",
+                pair[1].epoch, pair[1].index, pair[0].epoch, pair[0].index
+            ));
+        }
+    }
+    // S3 seen to bite: a node cut off from the majority refuses.
+    for &(node, from, to) in &expect.must_refuse {
+        let refused = history.iter().any(|o| {
+            o.node == node
+                && o.at > from + lease_ms + SLACK_MS
+                && o.at < to
+                && o.reply == Reply::ServFail
+        });
+        if !refused {
+            violations.push(format!(
+                "S3 untested: node {node} was never seen refusing between +{} and +{} ms, once its lease was over",
+                (from + lease_ms).saturating_sub(started_at),
+                to.saturating_sub(started_at)
+            ));
+        }
+    }
     // Nodes in the majority keep answering.
+    let tolerated_ms = u64::try_from(expect.tolerated_gap.as_millis()).unwrap_or(u64::MAX);
     for &(node, from, to) in &expect.must_answer {
-        let missed = history
+        let window: Vec<&Observation> = history
             .iter()
             .filter(|o| o.node == node && o.at >= from && o.at <= to)
+            .collect();
+        let missed = window
+            .iter()
             .filter(|o| !matches!(o.reply, Reply::Answer { .. }))
             .count();
         report.unanswered_in_majority += missed;
-        if missed > 0 {
+        // The longest run of unanswered queries, from the first miss to
+        // the next answer.
+        let (mut longest, mut since) = (0, None);
+        for o in &window {
+            match (&o.reply, since) {
+                (Reply::Answer { .. }, Some(first)) => {
+                    longest = longest.max(o.at - first);
+                    since = None;
+                }
+                (Reply::Answer { .. }, None) => {}
+                (_, None) => since = Some(o.at),
+                (_, Some(_)) => {}
+            }
+        }
+        if let (Some(first), Some(last)) = (since, window.last()) {
+            longest = longest.max(last.at - first + 1);
+        }
+        let violated = if tolerated_ms == 0 {
+            missed > 0
+        } else {
+            longest > tolerated_ms
+        };
+        if violated {
             violations.push(format!(
-                "availability: node {node}, in the majority, left {missed} queries unanswered between +{} and +{} ms",
+                "availability: node {node}, in the majority, left {missed} queries unanswered between +{} ms and {}, the longest run {longest} ms{}",
                 from.saturating_sub(started_at),
-                to.saturating_sub(started_at)
+                if to == END {
+                    "the end".to_owned()
+                } else {
+                    format!("+{} ms", to.saturating_sub(started_at))
+                },
+                if tolerated_ms == 0 {
+                    String::new()
+                } else {
+                    format!(" (tolerated: {tolerated_ms} ms)")
+                }
             ));
         }
     }
@@ -413,6 +487,32 @@ pub fn check(
                 c.at - killed
             )),
             None => violations.push("L1: the active instance died and nothing failed over".into()),
+        }
+        // L1 is about the answer, not the log: each node that stays in the
+        // majority serves the new choice within the bound too.
+        if let Some(failover) = during
+            .iter()
+            .find(|c| c.reason == "failover" && c.at >= killed)
+        {
+            for &(node, _, _) in &expect.must_answer {
+                let served = history.iter().find(|o| {
+                    o.node == node
+                        && o.at >= killed
+                        && matches!(&o.reply, Reply::Answer { epoch, .. } if *epoch >= failover.epoch)
+                });
+                match served {
+                    Some(o) if o.at - killed <= bound + SLACK_MS => {}
+                    Some(o) => violations.push(format!(
+                        "L1: node {node} first served epoch {} {} ms after the kill (bound {bound} ms plus {SLACK_MS} ms of slack)",
+                        failover.epoch,
+                        o.at - killed
+                    )),
+                    None => violations.push(format!(
+                        "L1: node {node} never served epoch {} after the kill",
+                        failover.epoch
+                    )),
+                }
+            }
         }
     }
     if during.len() > expect.max_changes {
@@ -530,6 +630,43 @@ pub fn self_test() -> Result<(), String> {
         (
             "S5: commit",
             Box::new(|_, _, e| e.committed_before = vec![commit(0, "old", t0 - 9_000, "initial")]),
+        ),
+        (
+            "S1: the log commits epoch 2",
+            Box::new(|_, c, _| c.push(commit(2, "backup", t0 + 3_000, "switchover"))),
+        ),
+        (
+            "S3 untested",
+            Box::new(|h, _, e| {
+                e.minority = vec![(2, t0, t0 + 4_000)];
+                e.must_refuse = e.minority.clone();
+                h.retain(|o| o.node != 2 || o.at <= t0 + 2_000);
+            }),
+        ),
+        (
+            "L1: node 3 first served",
+            Box::new(|h, _, e| {
+                e.must_answer = vec![(3, t0, t0 + 4_000)];
+                for o in h.iter_mut().filter(|o| o.node == 3 && o.at < t0 + 3_500) {
+                    o.reply = Reply::Answer {
+                        instance: "primary".into(),
+                        epoch: 1,
+                    };
+                }
+            }),
+        ),
+        (
+            "the longest run 600 ms",
+            Box::new(|h, _, e| {
+                e.must_answer = vec![(3, t0, END)];
+                e.tolerated_gap = Duration::from_millis(500);
+                for o in h
+                    .iter_mut()
+                    .filter(|o| o.node == 3 && (t0 + 2_000..t0 + 2_600).contains(&o.at))
+                {
+                    o.reply = Reply::ServFail;
+                }
+            }),
         ),
         (
             "availability",

@@ -51,8 +51,31 @@ pub fn available() -> Result<()> {
     Ok(())
 }
 
-/// Deletes namespaces left by runs whose process is gone.
+/// The source name of the small filesystems a node's data dir is mounted
+/// on: this, then the runner's pid, so a sweep can find those a killed run
+/// left.
+pub fn mount_source() -> String {
+    format!("highlander-fault-{}", std::process::id())
+}
+
+/// Whether `pid` (as text) names a process that no longer runs.
+fn gone(pid: Option<&str>) -> bool {
+    pid.and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Deletes namespaces, and unmounts the small data-dir filesystems, left by
+/// runs whose process is gone.
 pub fn sweep_leftovers() {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(source), Some(target)) = (fields.next(), fields.next()) {
+            if gone(source.strip_prefix("highlander-fault-")) {
+                let _ = run("umount", &["-l", target]);
+            }
+        }
+    }
     let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
         return;
     };
@@ -61,8 +84,7 @@ pub fn sweep_leftovers() {
         let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
             continue;
         };
-        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+        if gone(rest.split('-').next()) {
             let _ = run("ip", &["netns", "del", &name]);
         }
     }
@@ -174,9 +196,39 @@ impl Sandbox {
         nft(
             ns,
             &format!(
-                "add rule inet fault input iifname \"eth0\" ip saddr {set} numgen random mod 100 < {percent} drop"
+                "add rule inet fault input iifname \"eth0\" ip saddr {set} numgen random mod 100 < {percent} counter drop"
             ),
         )
+    }
+
+    /// How many packets the counted rules of `name`'s input chain (those of
+    /// [`Sandbox::lose`]) have dropped: the proof that a loss fault bit.
+    pub fn dropped(&self, name: &str) -> Result<u64> {
+        let ns = &self.member(name)?.ns;
+        let output = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "nft", "list", "chain", "inet", "fault", "input",
+            ])
+            .output()
+            .context("cannot run nft")?;
+        if !output.status.success() {
+            bail!(
+                "nft list chain in {ns} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut words = text.split_whitespace();
+        let mut packets = 0;
+        while let Some(word) = words.next() {
+            if word == "packets" {
+                packets += words
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Ok(packets)
     }
 
     /// Removes every fault from `name`.
