@@ -44,7 +44,8 @@
 //! Every system is measured `REPS` times, alternating, and the table shows
 //! medians; the ratio is the median of the ratios of each round. It exits 1
 //! only when it cannot measure (a process that does not start, no probe
-//! counted); a missed goal prints "no". `--smoke` runs 200 instances once
+//! counted); a missed goal prints "no". `HIGHLANDER_BENCH_SCALES=10000`
+//! measures only the scales it lists. `--smoke` runs 200 instances once
 //! over a few seconds.
 
 mod common;
@@ -94,22 +95,36 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(smoke: bool) -> Plan {
+    /// The smoke plan, or the full one at the scales
+    /// `HIGHLANDER_BENCH_SCALES` lists (comma-separated instance counts;
+    /// 1,000 and 10,000 without it).
+    fn new(smoke: bool) -> Result<Plan> {
         if smoke {
-            Plan {
+            return Ok(Plan {
                 scales: vec![200],
                 reps: 1,
                 warmup: Duration::from_secs(3),
                 window: Duration::from_secs(3),
-            }
-        } else {
-            Plan {
-                scales: vec![1_000, 10_000],
-                reps: 3,
-                warmup: Duration::from_secs(10),
-                window: Duration::from_secs(20),
-            }
+            });
         }
+        let scales = match std::env::var("HIGHLANDER_BENCH_SCALES") {
+            Ok(list) => list
+                .split(',')
+                .map(|n| match n.trim().parse::<u32>() {
+                    Ok(n) if (2..=60_000).contains(&n) => Ok(n),
+                    _ => bail!(
+                        "HIGHLANDER_BENCH_SCALES={list:?}: expected instance counts from 2 to 60000, comma-separated, like 1000,10000"
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            Err(_) => vec![1_000, 10_000],
+        };
+        Ok(Plan {
+            scales,
+            reps: 3,
+            warmup: Duration::from_secs(10),
+            window: Duration::from_secs(20),
+        })
     }
 }
 
@@ -153,7 +168,7 @@ async fn run(private: bool) -> Result<()> {
             "warning: not root, so no network namespace of its own: the probe counts include every other connection made on this machine meanwhile"
         );
     }
-    let plan = Plan::new(common::smoke());
+    let plan = Plan::new(common::smoke())?;
     let haproxy = find_haproxy()?;
     let binary = Path::new(env!("CARGO_BIN_EXE_highlander"));
     let mut rows = Vec::new();

@@ -76,6 +76,8 @@ pub enum NodeError {
     Publish(String),
     #[error("{0} stopped unexpectedly")]
     Stopped(&'static str),
+    #[error("cannot start the thread that renders /metrics: {0}")]
+    MetricsThread(std::io::Error),
     #[error("the Raft core stopped: {0}; exiting so that a supervisor restarts the node")]
     Raft(String),
 }
@@ -252,6 +254,13 @@ impl Node {
                 servers.clone(),
             )),
         };
+        let metrics_router = metrics::router(
+            metrics.clone(),
+            config.clone(),
+            cluster.clone(),
+            publishers.board(),
+        )
+        .map_err(NodeError::MetricsThread)?;
         server_tasks.spawn(serve_http(
             "HTTP API",
             sockets.api,
@@ -260,12 +269,7 @@ impl Node {
                 cluster: cluster.clone(),
                 publish: publishers.board(),
             })
-            .merge(metrics::router(
-                metrics.clone(),
-                config.clone(),
-                cluster.clone(),
-                publishers.board(),
-            )),
+            .merge(metrics_router),
             servers.clone(),
         ));
 

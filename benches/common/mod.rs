@@ -245,6 +245,15 @@ pub fn renice(pid: u32, nice: i32) {
         else {
             continue;
         };
+        // highlander renders scrapes on a thread it runs below its others
+        // (`metrics::RENDER_NICE`); that thread keeps its distance.
+        let comm =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_default();
+        let nice = if comm.trim_end() == highlander::metrics::RENDER_THREAD {
+            (nice + highlander::metrics::RENDER_NICE).min(19)
+        } else {
+            nice
+        };
         // SAFETY: setpriority takes plain values and touches no memory.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
             eprintln!(
