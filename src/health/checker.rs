@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, probe};
+use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, Slot, probe};
 use crate::config::{CheckConfig, Config, InstanceConfig};
 use crate::metrics::{Metrics, ProbeInstruments};
 
@@ -74,6 +74,8 @@ struct Watched {
     instance: InstanceConfig,
     check: CheckConfig,
     probe: Arc<dyn Probe>,
+    /// `probe.bounded()`: whether it ends within the timeout by itself.
+    bounded: bool,
 }
 
 impl Checker {
@@ -112,6 +114,7 @@ impl Checker {
                 instance: instance.clone(),
                 check: service.check.clone(),
                 probe: probe.clone(),
+                bounded: probe.bounded(),
             }));
         }
         let (health, receiver) = watch::channel(LocalHealth::new(config, Instant::now()));
@@ -155,8 +158,17 @@ impl Checker {
                 .metrics
                 .as_ref()
                 .map(|m| m.probe_instruments(&watched.service, watched.check.kind.name()));
+            let Some(slot) = self
+                .health
+                .borrow()
+                .slot(&watched.service, &watched.instance.name)
+            else {
+                // Not possible: the health map was made from the same config.
+                continue;
+            };
             let task = InstanceTask {
                 instruments,
+                slot,
                 watched,
                 first: start + offset,
                 health: self.health.clone(),
@@ -197,8 +209,10 @@ struct InstanceTask {
     watched: Watched,
     /// When the first probe fires: the run's start plus this instance's jitter.
     first: Instant,
-    /// Where verdicts are published; the task updates only its own entry.
+    /// Where verdicts are published; the task updates only its own entry,
+    /// at `slot`.
     health: watch::Sender<LocalHealth>,
+    slot: Slot,
     /// The checker-wide concurrency bound, held for the length of one probe.
     permits: Arc<Semaphore>,
     /// This service's probe metrics, if the checker has any.
@@ -216,13 +230,17 @@ impl InstanceTask {
         // If probes were held up (by the concurrency bound), catch up by
         // skipping, never by probing in a burst.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        // One wait for cancellation for the task's life, rather than one
+        // made and dropped twice per probe.
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let due = tokio::select! {
-                () = cancel.cancelled() => return,
+                () = &mut cancelled => return,
                 due = ticks.tick() => due,
             };
             let report = tokio::select! {
-                () = cancel.cancelled() => return,
+                () = &mut cancelled => return,
                 report = self.probe_once(due) => report,
             };
             self.record(&mut hysteresis, report);
@@ -240,10 +258,13 @@ impl InstanceTask {
         if let Some(instruments) = &self.instruments {
             instruments.probe_started(start.saturating_duration_since(due));
         }
+        let probe = self.watched.probe.probe(&self.watched.instance);
+        if self.watched.bounded {
+            return probe.await;
+        }
         // The probe should honour the timeout itself; this bound makes sure a
         // misbehaving one cannot hold the schedule.
-        match tokio::time::timeout(timeout, self.watched.probe.probe(&self.watched.instance)).await
-        {
+        match tokio::time::timeout(timeout, probe).await {
             Ok(report) => report,
             Err(_) => ProbeReport {
                 took: start.elapsed(),
@@ -266,7 +287,7 @@ impl InstanceTask {
         }
         let now = Instant::now();
         self.health.send_if_modified(|health| {
-            let Some(status) = health.get_mut(service, instance) else {
+            let Some(status) = health.at_mut(self.slot) else {
                 return false;
             };
             status.last = Some(report);

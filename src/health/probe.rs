@@ -269,6 +269,10 @@ impl Probe for HttpProbe {
     fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
         bounded(self.timeout, self.check(instance)).boxed()
     }
+
+    fn bounded(&self) -> bool {
+        true
+    }
 }
 
 /// Healthy when a TCP connection opens. Host names are resolved on every
@@ -296,6 +300,10 @@ impl TcpProbe {
 impl Probe for TcpProbe {
     fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
         bounded(self.timeout, self.check(&instance.address)).boxed()
+    }
+
+    fn bounded(&self) -> bool {
+        true
     }
 }
 

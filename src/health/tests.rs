@@ -1130,6 +1130,87 @@ async fn waiting_for_a_probe_permit_counts_as_lag() {
     assert!(sum / count >= 0.5, "mean lag {}s", sum / count);
 }
 
+/// A probe that passes after `after`, however long that is, and says
+/// whether it claims to end within the check's timeout by itself.
+struct TakesItsTime {
+    after: Duration,
+    claims_bounded: bool,
+}
+
+impl Probe for TakesItsTime {
+    fn probe<'a>(&'a self, _instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        async move {
+            tokio::time::sleep(self.after).await;
+            ProbeReport::ok("took its time", self.after)
+        }
+        .boxed()
+    }
+
+    fn bounded(&self) -> bool {
+        self.claims_bounded
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_checker_times_out_only_probes_that_do_not_bound_themselves() {
+    let config = fake_config(&["i0"], Duration::from_millis(500), 1, 1);
+    let mut details = Vec::new();
+    for claims_bounded in [false, true] {
+        let probe = Arc::new(TakesItsTime {
+            after: Duration::from_millis(700),
+            claims_bounded,
+        });
+        let (checker, rx) = Checker::with_probes(&config, vec![("web".into(), probe)], 7)
+            .expect("every service has a probe");
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(checker.run(cancel.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let last = rx
+            .borrow()
+            .get("web", "i0")
+            .and_then(|s| s.last.clone())
+            .expect("probed");
+        stop(cancel, handle).await;
+        details.push((claims_bounded, last.ok, last.detail));
+    }
+    assert_eq!(
+        details,
+        vec![
+            (false, false, "timed out after 500ms".to_owned()),
+            // Trusted: no second timer cuts it short.
+            (true, true, "took its time".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn the_http_and_tcp_probers_bound_themselves_and_exec_is_guarded() {
+    let config = fake_config(&["i0"], Duration::from_millis(500), 1, 1);
+    let mut service = config.services[0].clone();
+    let mut bounded = Vec::new();
+    for kind in [
+        CheckKind::Http {
+            https: false,
+            path: "/health".into(),
+            host: None,
+            expect_status: crate::config::StatusMatcher::single(200),
+            body_contains: None,
+        },
+        CheckKind::Tcp,
+        CheckKind::Exec {
+            command: vec!["/bin/true".into()],
+        },
+    ] {
+        service.check.kind = kind;
+        let probe = prober(&service).expect("a prober");
+        bounded.push((service.check.kind.name(), probe.bounded()));
+    }
+    assert_eq!(
+        bounded,
+        vec![("http", true), ("tcp", true), ("exec", false)]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hanging_probe_delays_no_other_instance() {
     let config = fake_config(&["fast", "slow"], Duration::from_millis(500), 2, 2);
