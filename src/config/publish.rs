@@ -690,7 +690,15 @@ impl Validator {
         };
         let url = written.trim_end_matches('/').to_owned();
         if let Err((shown, why)) = check_base_url(&url) {
-            let shown = shown.unwrap_or_else(|| quoted(written));
+            // A URL that does not even parse is shown only if nothing in it
+            // could be a credential (a user, a password, a query, a fragment).
+            let shown = shown.unwrap_or_else(|| {
+                if written.contains(['@', '?', '#']) {
+                    "(not shown: it may hold a credential)".to_owned()
+                } else {
+                    quoted(written)
+                }
+            });
             self.problem(
                 format!("{key}.base_url"),
                 shown,
@@ -1131,6 +1139,18 @@ a = "10.0.0.11"
                 shown.contains(
                     "publish[0].base_url = \"https://api.example.net\" (the rest not shown)"
                 ),
+                "{shown}"
+            );
+            assert!(!shown.contains("supersecret"), "leaked: {shown}");
+        }
+        // Nor when the URL does not parse at all.
+        for url in [
+            "https://me:supersecret@",
+            "https://me:supersecret@api.example.net:99999",
+        ] {
+            let shown = refused(&digitalocean(url), &[]);
+            assert!(
+                shown.contains("publish[0].base_url = (not shown: it may hold a credential)"),
                 "{shown}"
             );
             assert!(!shown.contains("supersecret"), "leaked: {shown}");

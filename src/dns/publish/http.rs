@@ -8,8 +8,8 @@
 //! same way.
 //!
 //! These APIs have no conditional write, so a write is fenced by the
-//! leader's lease instead: checked before every request, and no request
-//! given longer than the lease has left ([`Api::call_leased`]). Record ids
+//! leader's lease instead: checked before every request
+//! ([`Api::call_leased`]). Record ids
 //! from the API go into URL paths only if they are plain ([`path_id`]).
 //!
 //! Nothing here may put the token in an error, a log line or a status:
@@ -126,7 +126,10 @@ impl Api {
     }
 
     /// [`Api::call`] for one request of a write: sent only while `lease`
-    /// holds, and given no longer than the lease has left.
+    /// holds. The request gets the target's whole timeout: the lease
+    /// (a few hundred milliseconds, renewed by every heartbeat) is far
+    /// shorter than an API call may take, and cutting the wait short would
+    /// not take back a request already sent.
     pub async fn call_leased(
         &self,
         method: Method,
@@ -136,13 +139,13 @@ impl Api {
         lease: &dyn Lease,
     ) -> Result<Reply, PublishError> {
         // No conditional write exists in these APIs: the lease is the fence.
-        let Some(left) = lease.left() else {
+        if lease.left().is_none() {
             return Err(PublishError::Deposed(format!(
                 "did not {what}: this node no longer leads"
             )));
-        };
+        }
         let sent = self
-            .call_within(method, path, &[], body, what, self.timeout.min(left))
+            .call_within(method, path, &[], body, what, self.timeout)
             .await;
         match sent {
             Err(error) if lease.left().is_none() => Err(PublishError::Deposed(format!(

@@ -25,8 +25,8 @@
 //! - the HTTP APIs (DigitalOcean, Cloudflare) offer no conditional write,
 //!   so for them S4 is weaker: *leader-checked per request, plus read-back
 //!   repair*. The marker is read just before the write; the lease
-//!   ([`Lease`]) is checked again before every request of the write, and
-//!   no request may take longer than the lease has left. A deposed leader
+//!   ([`Lease`]) is checked again before every request of the write. A
+//!   deposed leader
 //!   therefore sends nothing once its lease has run out, but a request it
 //!   sent just before can still land after a new leader's write; the
 //!   window is one request in flight. The next leader's passes read back
@@ -93,7 +93,7 @@ pub trait Leader: Send + Sync + 'static {
 }
 
 /// The leadership a write is made under. A publisher checks it before
-/// every request of a write and never lets a request outlive it.
+/// every request of a write.
 pub trait Lease: Send + Sync {
     /// How long this node may still act as the leader; `None` once it may not.
     fn left(&self) -> Option<Duration>;

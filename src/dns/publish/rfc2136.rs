@@ -102,7 +102,11 @@ impl Rfc2136 {
         mut message: Message,
         timeout: Duration,
     ) -> Result<Message, PublishError> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add (config sets no upper bound) is no
+        // deadline at all, in practice: a day.
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
         let address = tokio::time::timeout_at(deadline, self.resolve())
             .await
             .map_err(|_| {
@@ -304,14 +308,14 @@ impl Publisher for Rfc2136 {
     ) -> Result<(), PublishError> {
         // The update is a compare-and-set, so the lease is not what fences
         // it; checking it anyway spares the server a doomed update.
-        let Some(left) = lease.left() else {
+        if lease.left().is_none() {
             return Err(PublishError::Deposed(format!(
                 "did not update {}: this node no longer leads",
                 desired.name
             )));
-        };
+        }
         let update = self.update(desired, actual)?;
-        let response = self.exchange(update, self.timeout.min(left)).await?;
+        let response = self.exchange(update, self.timeout).await?;
         let code = response.metadata.response_code;
         let (server, name) = (&self.server, &desired.name);
         match code {
