@@ -792,18 +792,24 @@ enum RenderError {
 /// Lowering one's own priority needs no privilege; if it fails anyway, the
 /// thread runs on at the node's priority, which is only slower for probes.
 fn lower_this_threads_priority(steps: i32) {
-    // SAFETY: gettid, getpriority and setpriority take plain values, touch
-    // no memory of ours, and act on this thread alone (Linux keeps a nice
-    // value per thread).
+    let (tid, current) = this_threads_nice();
+    // SAFETY: setpriority takes plain values, touches no memory of ours,
+    // and acts on this thread alone (Linux keeps a nice value per thread).
+    if tid == 0 || unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, current + steps) } != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the priority of the metrics render thread; scrapes compete with probes"
+        );
+    }
+}
+
+/// The calling thread's id (0 if it does not fit) and nice value.
+fn this_threads_nice() -> (libc::id_t, i32) {
+    // SAFETY: gettid and getpriority take plain values and touch no memory
+    // of ours.
     unsafe {
         let tid = libc::id_t::try_from(libc::gettid()).unwrap_or(0);
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if tid == 0 || libc::setpriority(libc::PRIO_PROCESS, tid, current + steps) != 0 {
-            warn!(
-                error = %std::io::Error::last_os_error(),
-                "cannot lower the priority of the metrics render thread; scrapes compete with probes"
-            );
-        }
+        (tid, libc::getpriority(libc::PRIO_PROCESS, tid))
     }
 }
 
@@ -1292,13 +1298,8 @@ mod tests {
         }
     }
 
-    /// This thread's nice value.
     fn own_nice() -> i32 {
-        // SAFETY: plain values; reads this thread's priority only.
-        unsafe {
-            let tid = libc::id_t::try_from(libc::gettid()).unwrap_or(0);
-            libc::getpriority(libc::PRIO_PROCESS, tid)
-        }
+        this_threads_nice().1
     }
 
     #[tokio::test]

@@ -414,6 +414,19 @@ impl FaultCluster {
         Ok(serde_json::from_str(body)?)
     }
 
+    /// Node `id`'s Raft term, as its status says.
+    pub async fn term(&self, id: u64) -> Result<Option<u64>> {
+        Ok(self.get(id, "/v1/status").await?["term"].as_u64())
+    }
+
+    /// The term of the node that leads now; `None` if none does.
+    pub async fn leader_term(&self) -> Result<Option<u64>> {
+        match self.leader().await {
+            Some(id) => self.term(id).await,
+            None => Ok(None),
+        }
+    }
+
     /// The node that says it leads and is in the majority, if any.
     pub async fn leader(&self) -> Option<u64> {
         for id in self.nodes.keys() {

@@ -477,10 +477,10 @@ pub fn check(
     report.changes = during.len();
     if let Some(killed) = expect.active_killed_at {
         let bound = u64::try_from(expect.failover_within.as_millis()).unwrap_or(u64::MAX);
-        match during
+        let failover = during
             .iter()
-            .find(|c| c.reason == "failover" && c.at >= killed)
-        {
+            .find(|c| c.reason == "failover" && c.at >= killed);
+        match failover {
             Some(c) if c.at - killed <= bound => {}
             Some(c) => violations.push(format!(
                 "L1: failover committed {} ms after the kill (bound {bound} ms)",
@@ -490,10 +490,7 @@ pub fn check(
         }
         // L1 is about the answer, not the log: each node that stays in the
         // majority serves the new choice within the bound too.
-        if let Some(failover) = during
-            .iter()
-            .find(|c| c.reason == "failover" && c.at >= killed)
-        {
+        if let Some(failover) = failover {
             for &(node, _, _) in &expect.must_answer {
                 let served = history.iter().find(|o| {
                     o.node == node

@@ -359,6 +359,16 @@ fn jitter(rng: &mut StdRng, base: Duration) -> Duration {
     base.mul_f64(rng.random_range(0.9..1.2))
 }
 
+/// Starts the clients' recording and lets them see the settled cluster for
+/// half a second before any fault: when the scenario began, and the
+/// recorder.
+async fn record(cluster: &FaultCluster) -> Result<(u64, Recorder)> {
+    let started_at = now_ms();
+    let recorder = Recorder::start(cluster)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((started_at, recorder))
+}
+
 /// `nodes` must answer every query from `from` to the end of the recording.
 fn answering(nodes: &[u64], from: u64) -> Vec<(u64, u64, u64)> {
     nodes.iter().map(|&n| (n, from, END)).collect()
@@ -380,9 +390,7 @@ async fn kill_node(rng: &mut StdRng, name: &'static str, leader_too: bool) -> Re
     } else {
         pick_follower(rng, leader)
     };
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.kill_node(victim)?;
     let killed_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
@@ -414,9 +422,7 @@ async fn kill_node(rng: &mut StdRng, name: &'static str, leader_too: bool) -> Re
 
 async fn pause_leader(rng: &mut StdRng) -> Result<Row> {
     let (cluster, leader) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.pause_node(leader)?;
     let paused_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
@@ -448,9 +454,7 @@ async fn pause_leader(rng: &mut StdRng) -> Result<Row> {
 /// answer epoch 1 again before it has applied epoch 2 (S3).
 async fn pause_leader_during_failover(rng: &mut StdRng) -> Result<Row> {
     let (mut cluster, leader) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.pause_node(leader)?;
     let paused_at = now_ms();
     cluster.kill_instance("primary").await;
@@ -489,9 +493,7 @@ async fn pause_leader_during_failover(rng: &mut StdRng) -> Result<Row> {
 
 async fn isolate_leader(rng: &mut StdRng) -> Result<Row> {
     let (cluster, leader) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.sandbox.isolate(&node_member(leader))?;
     let cut_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
@@ -524,9 +526,7 @@ async fn isolate_leader(rng: &mut StdRng) -> Result<Row> {
 
 async fn partition_leader(rng: &mut StdRng) -> Result<Row> {
     let (cluster, leader) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     // The leader still reaches the instances, only not the other nodes.
     let peers: Vec<_> = other_nodes(leader).into_iter().map(node_ip).collect();
     cluster.sandbox.cut(&node_member(leader), &peers)?;
@@ -563,23 +563,18 @@ async fn partition_leader(rng: &mut StdRng) -> Result<Row> {
 async fn campaign_and_rejoin(rng: &mut StdRng) -> Result<Row> {
     let (cluster, leader) = settled().await?;
     let follower = pick_follower(rng, leader);
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.sandbox.isolate(&node_member(follower))?;
     let cut_at = now_ms();
     // Long enough to campaign several times and raise its term.
     tokio::time::sleep(jitter(rng, Duration::from_secs(3))).await;
-    let before = cluster.get(leader, "/v1/status").await?["term"].as_u64();
+    let before = cluster.term(leader).await?;
     // Stamped before the heal: from the first healed packet on, the
     // node may rightly answer again.
     let healed_at = now_ms();
     cluster.sandbox.heal_all()?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = match cluster.leader().await {
-        Some(id) => cluster.get(id, "/v1/status").await?["term"].as_u64(),
-        None => None,
-    };
+    let after = cluster.leader_term().await?;
     let mut report = finish(
         &cluster,
         recorder,
@@ -619,9 +614,7 @@ async fn cannot_reach_active(rng: &mut StdRng, leader_side: bool) -> Result<Row>
     } else {
         pick_follower(rng, leader)
     };
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster
         .sandbox
         .cut(&node_member(node), &[instance_ip("primary")])?;
@@ -702,9 +695,7 @@ async fn kill_active(rng: &mut StdRng) -> Result<Row> {
 
 async fn packet_loss(rng: &mut StdRng) -> Result<Row> {
     let (cluster, _) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     for id in NODES {
         let peers: Vec<_> = other_nodes(id).into_iter().map(node_ip).collect();
         cluster.sandbox.lose(&node_member(id), &peers, 20)?;
@@ -749,9 +740,7 @@ async fn packet_loss(rng: &mut StdRng) -> Result<Row> {
 
 async fn restart_all(rng: &mut StdRng) -> Result<Row> {
     let (mut cluster, leader) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     // A change acknowledged by the API just before the crash, through any
     // node (a follower forwards it): once the node answers 200, the change
     // is committed, and S5 says no restart may lose it.
@@ -812,9 +801,7 @@ async fn clock_ahead(rng: &mut StdRng) -> Result<Row> {
     } else {
         pick_follower(rng, leader)
     };
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.kill_node(victim)?;
     cluster.start_node(victim, Clock::AheadBy(30 * 86_400))?;
     let healed_at = now_ms();
@@ -850,20 +837,14 @@ async fn clock_jump(rng: &mut StdRng) -> Result<Row> {
     } else {
         pick_follower(rng, leader)
     };
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let term = |status: serde_json::Value| status["term"].as_u64();
-    let before = term(cluster.get(leader, "/v1/status").await?);
+    let (started_at, recorder) = record(&cluster).await?;
+    let before = cluster.term(leader).await?;
     let lapses = |log: String| log.matches(LEADERSHIP_LAPSED).count();
     let lapsed_before = lapses(cluster.log(victim));
     cluster.set_clock_offset(victim, JUMP_SECONDS)?;
     let jumped_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
-    let after = match cluster.leader().await {
-        Some(id) => term(cluster.get(id, "/v1/status").await?),
-        None => None,
-    };
+    let after = cluster.leader_term().await?;
     let mut report = finish(
         &cluster,
         recorder,
@@ -913,9 +894,7 @@ async fn clock_jump(rng: &mut StdRng) -> Result<Row> {
 /// without the delay, apart from the extra round trips.
 async fn delay_during_failover(rng: &mut StdRng) -> Result<Row> {
     let (mut cluster, _) = settled().await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     let mut delays = Vec::new();
     for id in NODES {
         let ns = cluster.sandbox.member(&node_member(id))?.ns.clone();
@@ -999,9 +978,7 @@ async fn disk_full(rng: &mut StdRng) -> Result<Row> {
     if leader == victim {
         anyhow::bail!("node {victim} kept winning the election: no follower's disk to fill");
     }
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     cluster.fill_disk(victim)?;
     let full_at = now_ms();
     tokio::time::sleep(jitter(rng, Duration::from_secs(1))).await;
@@ -1062,9 +1039,7 @@ async fn wall_clock_jump(rng: &mut StdRng) -> Result<Row> {
         ..Setup::default()
     })
     .await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     // Far beyond the cluster transport's ±30 s: the peers refuse its
     // requests and it refuses theirs, so it is cut off.
     cluster.set_clock_offset(leader, 120)?;
@@ -1123,9 +1098,7 @@ async fn publish_through_partition(rng: &mut StdRng) -> Result<Row> {
         ..Setup::default()
     })
     .await?;
-    let started_at = now_ms();
-    let recorder = Recorder::start(&cluster)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (started_at, recorder) = record(&cluster).await?;
     // The leader loses the other nodes but still reaches BIND and the
     // instances: it may probe, but must neither decide nor publish.
     let peers: Vec<_> = other_nodes(leader).into_iter().map(node_ip).collect();
