@@ -433,12 +433,22 @@ impl Node {
             "every service decided and every instance up",
             || async {
                 let status = cluster.status(1).await?;
-                let steady = status.services.iter().all(|s| {
-                    s.active.is_some()
-                        && s.instances
-                            .iter()
-                            .all(|i| i.health.get(&1) == Some(&highlander::model::Verdict::Up))
-                });
+                let decided = status.services.iter().filter(|s| s.active.is_some()).count();
+                let up = status
+                    .services
+                    .iter()
+                    .flat_map(|s| &s.instances)
+                    .filter(|i| i.health.get(&1) == Some(&highlander::model::Verdict::Up))
+                    .count();
+                let instances: usize = status.services.iter().map(|s| s.instances.len()).sum();
+                let steady = decided == status.services.len() && up == instances;
+                if !steady {
+                    eprintln!(
+                        "  after {:.1} s: {decided} of {} services decided, {up} of {instances} instances up",
+                        began.elapsed().as_secs_f64(),
+                        status.services.len()
+                    );
+                }
                 Ok(steady.then_some(()))
             },
         )
@@ -588,6 +598,14 @@ async fn window(
         .cpu
         .saturating_sub(before_usage.cpu)
         .as_secs_f64();
+    let kernel = after_usage
+        .kernel
+        .saturating_sub(before_usage.kernel)
+        .as_secs_f64();
+    eprintln!(
+        "  {cpu:.2} CPU s over the window, {:.0} % of it in the kernel",
+        if cpu > 0.0 { kernel / cpu * 100.0 } else { 0.0 }
+    );
     Ok((
         Sample {
             probes_per_s: probes as f64 / elapsed,

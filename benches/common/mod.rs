@@ -183,6 +183,8 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 pub struct ProcUsage {
     /// utime + stime, to the clock tick (10 ms).
     pub cpu: Duration,
+    /// stime alone: the part of `cpu` spent in the kernel.
+    pub kernel: Duration,
     /// VmRSS.
     pub rss_bytes: u64,
 }
@@ -208,7 +210,7 @@ impl ProcUsage {
                 .and_then(|f| f.parse().ok())
                 .with_context(|| format!("{stat_path}: field {} is not a number", i + 3))
         };
-        let cpu_ticks = ticks(11)? + ticks(12)?;
+        let (user_ticks, kernel_ticks) = (ticks(11)?, ticks(12)?);
         // SAFETY: sysconf reads a constant and touches no memory of ours.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
         let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
@@ -221,7 +223,8 @@ impl ProcUsage {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("{status_path}: no VmRSS"))?;
         Ok(ProcUsage {
-            cpu: Duration::from_nanos(cpu_ticks * 1_000_000_000 / hz),
+            cpu: Duration::from_nanos((user_ticks + kernel_ticks) * 1_000_000_000 / hz),
+            kernel: Duration::from_nanos(kernel_ticks * 1_000_000_000 / hz),
             rss_bytes: rss_kib * 1024,
         })
     }
