@@ -68,6 +68,62 @@ pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// first heartbeat to arrive, so a late node never deposes a fresh leader.
 const BOOTSTRAP_GRACE: Duration = Duration::from_secs(2);
 
+/// How many log entries apart the state machine's snapshots are; also
+/// the most a restarted node re-applies from its own log (see `store`).
+pub const SNAPSHOT_EVERY: u64 = 1000;
+
+/// The shortest time between two passes of [`Cluster::share_observations`].
+/// A pass sends every verdict of this node (and records them here), so
+/// one pass per verdict change would cost the number of instances squared
+/// when many change together: at 10,000 instances starting up, the node
+/// did nothing else for a minute. A lone change still goes out at once;
+/// only one following it within the gap waits, which L1's commit round
+/// absorbs.
+pub const OBSERVATIONS_MIN_GAP: Duration = Duration::from_millis(20);
+
+/// When a loop that acts on a watched value makes its next pass: once per
+/// `period`, and at once on a change, but never sooner than `min_gap`
+/// after the previous pass. Changes made during the gap go out together in
+/// the next pass (the channel keeps only the latest value, so nothing is
+/// lost).
+struct Passes<T> {
+    watched: watch::Receiver<T>,
+    tick: tokio::time::Interval,
+    min_gap: Duration,
+    last: Option<Instant>,
+}
+
+impl<T> Passes<T> {
+    fn new(watched: watch::Receiver<T>, period: Duration, min_gap: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Passes {
+            watched,
+            tick,
+            min_gap,
+            last: None,
+        }
+    }
+
+    /// Waits until the next pass is due; `false` once `cancel` fires or
+    /// the value's sender is gone.
+    async fn next(&mut self, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            _ = self.tick.tick() => {}
+            changed = self.watched.changed() => if changed.is_err() { return false },
+        }
+        if let Some(ready) = self.last.map(|at| at + self.min_gap) {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                () = tokio::time::sleep_until(ready) => {}
+            }
+        }
+        self.last = Some(Instant::now());
+        true
+    }
+}
+
 /// Why the cluster could not start or a proposal failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -152,7 +208,7 @@ impl Cluster {
             election_timeout_min: millis(c.election_timeout_min),
             election_timeout_max: millis(c.election_timeout_max),
             // The state is small; snapshot often so the log stays short.
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: 100,
             ..Default::default()
         }
@@ -424,10 +480,11 @@ impl Cluster {
     }
 
     /// Sends this node's verdicts to every node (itself included) on every
-    /// change and at least once per check interval, until cancelled.
+    /// change and at least once per check interval, until cancelled. Passes
+    /// are at least [`OBSERVATIONS_MIN_GAP`] apart.
     pub async fn share_observations(
         &self,
-        mut health: watch::Receiver<LocalHealth>,
+        health: watch::Receiver<LocalHealth>,
         cancel: CancellationToken,
     ) {
         let period = self
@@ -439,15 +496,10 @@ impl Cluster {
             .min()
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
-                changed = health.changed() => if changed.is_err() { return },
-            }
-            let observations = Observations::from_local(self.inner.id, &health.borrow_and_update());
+        let mut passes = Passes::new(health, period, OBSERVATIONS_MIN_GAP);
+        while passes.next(&cancel).await {
+            let observations =
+                Observations::from_local(self.inner.id, &passes.watched.borrow_and_update());
             self.record(&observations);
             let sends = self
                 .inner
@@ -572,4 +624,60 @@ impl Cluster {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lone change is acted on at once; changes right after a pass wait
+    /// out the gap and are acted on together, in one pass that sees the
+    /// latest value; without changes, passes follow the period.
+    #[tokio::test(start_paused = true)]
+    async fn passes_follow_a_change_at_once_but_never_closer_than_the_gap() {
+        let (tx, rx) = watch::channel(0u32);
+        let cancel = CancellationToken::new();
+        let ms = Duration::from_millis;
+        let mut passes = Passes::new(rx, ms(1000), ms(20));
+        let t0 = Instant::now();
+        assert!(passes.next(&cancel).await, "the first tick is a pass");
+        assert_eq!(t0.elapsed(), ms(0));
+
+        tokio::time::sleep(ms(100)).await;
+        tx.send_replace(1);
+        assert!(passes.next(&cancel).await);
+        assert_eq!(t0.elapsed(), ms(100), "a lone change goes at once");
+        assert_eq!(*passes.watched.borrow_and_update(), 1);
+
+        for value in 2..=40 {
+            tx.send_replace(value);
+        }
+        assert!(passes.next(&cancel).await);
+        assert_eq!(
+            t0.elapsed(),
+            ms(120),
+            "a change right after a pass waits the gap"
+        );
+        assert_eq!(
+            *passes.watched.borrow_and_update(),
+            40,
+            "and sees the latest"
+        );
+
+        assert!(passes.next(&cancel).await);
+        assert_eq!(t0.elapsed(), ms(1000), "no change left: the next tick");
+
+        drop(tx);
+        assert!(!passes.next(&cancel).await, "the sender is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_end_when_cancelled() {
+        let (_tx, rx) = watch::channel(0u32);
+        let cancel = CancellationToken::new();
+        let mut passes = Passes::new(rx, Duration::from_secs(1), Duration::from_millis(20));
+        assert!(passes.next(&cancel).await);
+        cancel.cancel();
+        assert!(!passes.next(&cancel).await);
+    }
 }

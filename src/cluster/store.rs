@@ -1,11 +1,18 @@
 //! Durable Raft storage in one redb file per node: the log, the vote and the
-//! applied state machine.
+//! state machine's snapshots.
 //!
 //! Every write is an fsync'd redb transaction before the call returns (or
-//! before openraft's flush callback fires), so a vote, an appended entry or an
-//! applied change survives a crash or power loss (S5). The state machine
-//! persists itself on every `apply`, so a restart serves the last applied
-//! state at once, without replaying the log.
+//! before openraft's flush callback fires), so a vote or an appended entry
+//! survives a crash or power loss (S5). The state machine is written with
+//! each snapshot (every [`super::SNAPSHOT_EVERY`] entries), not on every
+//! apply: at startup openraft re-applies the committed entries after it,
+//! which the log still holds, before the node does anything else. Writing
+//! the whole state on every apply cost the number of services squared
+//! when a thousand of them were first decided.
+//!
+//! Writes run on Tokio's blocking threads: an fsync can take milliseconds,
+//! and on a one-core node the runtime's only worker also answers DNS and
+//! runs the health checks.
 
 // openraft's traits fix the error type (`StorageError`, ~224 bytes); our helpers
 // return the same type so `?` works throughout.
@@ -22,7 +29,7 @@ use openraft::{
     Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -31,15 +38,21 @@ use crate::model::{AppliedState, ApplyOutcome};
 
 /// Log entries by index, serialized as JSON.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-/// Small records: the vote, the last purged log id.
+/// Small records: the vote, the last purged and the last committed log id.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// The applied state machine and the current snapshot.
+/// The current snapshot, which is the persisted state machine.
 const MACHINE: TableDefinition<&str, &[u8]> = TableDefinition::new("machine");
 
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
+const COMMITTED: &str = "committed";
+/// The whole state machine as earlier versions wrote it on every apply;
+/// read at load if newer than the snapshot, and removed by the next one.
 const APPLIED: &str = "applied";
 const SNAPSHOT: &str = "snapshot";
+/// The last log id the stored snapshot covers, apart from the snapshot so
+/// that a newer one can be told from an older one without decoding either.
+const SNAPSHOT_AT: &str = "snapshot_at";
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
@@ -127,20 +140,40 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
     }
 }
 
-fn write_meta(
-    db: &Database,
-    table: TableDefinition<&str, &[u8]>,
-    records: &[(&str, Vec<u8>)],
-) -> std::result::Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut t = txn.open_table(table)?;
-        for (key, value) in records {
-            t.insert(*key, value.as_slice())?;
+/// Writes `records` into `table` in one fsync'd transaction, on a blocking
+/// thread.
+async fn write_meta(
+    db: &Arc<Database>,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    records: Vec<(&'static str, Vec<u8>)>,
+    durability: Durability,
+) -> std::result::Result<(), String> {
+    blocking(db, move |db| {
+        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        {
+            let mut t = txn.open_table(table).map_err(|e| e.to_string())?;
+            for (key, value) in &records {
+                t.insert(*key, value.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
         }
-    }
-    txn.commit()?;
-    Ok(())
+        txn.commit().map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// Runs `write` on one of Tokio's blocking threads, so that its fsync does
+/// not hold up the runtime's worker. openraft awaits each storage call
+/// before making the next, so writes still happen in the order it asks.
+async fn blocking(
+    db: &Arc<Database>,
+    write: impl FnOnce(&Database) -> std::result::Result<(), String> + Send + 'static,
+) -> std::result::Result<(), String> {
+    let db = db.clone();
+    tokio::task::spawn_blocking(move || write(&db))
+        .await
+        .map_err(|e| format!("a storage write did not finish: {e}"))?
 }
 
 fn io_error(e: impl ToString) -> std::io::Error {
@@ -216,8 +249,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        write_meta(&self.db, META, &[(VOTE, bytes)])
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+        write_meta(&self.db, META, vec![(VOTE, bytes)], Durability::Immediate)
+            .await
+            .map_err(|e| StorageIOError::write_vote(&io_error(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
@@ -229,21 +263,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let write = || -> std::result::Result<(), String> {
-            let txn = self.db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                for entry in entries {
-                    let bytes = encode(&entry).map_err(|e| e.to_string())?;
-                    table
-                        .insert(entry.log_id.index, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
+        let rows = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .collect::<std::result::Result<Vec<_>, serde_json::Error>>();
+        let write = async {
+            let rows = rows.map_err(|e| e.to_string())?;
+            blocking(&self.db, move |db| {
+                let txn = db.begin_write().map_err(|e| e.to_string())?;
+                {
+                    let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                    for (index, bytes) in &rows {
+                        table
+                            .insert(*index, bytes.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
-            }
-            // Durability::Immediate (redb's default): fsync'd when commit returns.
-            txn.commit().map_err(|e| e.to_string())
+                // Durability::Immediate (redb's default): fsync'd when commit returns.
+                txn.commit().map_err(|e| e.to_string())
+            })
+            .await
         };
-        match write() {
+        match write.await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -256,24 +297,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        let write = || -> std::result::Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
+        blocking(&self.db, move |db| {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
-                let mut table = txn.open_table(LOG)?;
-                table.retain_in(log_id.index.., |_, _| false)?;
+                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(|e| e.to_string())?;
             }
-            txn.commit()?;
-            Ok(())
-        };
-        write().map_err(|e| StorageIOError::write_logs(&e).into())
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        let write = || -> std::result::Result<(), String> {
-            let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        blocking(&self.db, move |db| {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-                let bytes = encode(&log_id).map_err(|e| e.to_string())?;
                 meta.insert(LAST_PURGED, bytes.as_slice())
                     .map_err(|e| e.to_string())?;
                 let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -282,8 +325,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map_err(|e| e.to_string())?;
             }
             txn.commit().map_err(|e| e.to_string())
-        };
-        write().map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
+    }
+
+    /// Saved so that a restart re-applies the committed entries at once
+    /// rather than when a leader next says what is committed. Not fsync'd:
+    /// the next log append makes it durable, and one lost on a crash only
+    /// means re-applying less at startup (the lease does not let a node
+    /// answer before it has caught up anyway).
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
+        write_meta(&self.db, META, vec![(COMMITTED, bytes)], Durability::None)
+            .await
+            .map_err(|e| StorageIOError::write(&io_error(e)).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        read_meta::<Option<LogId<NodeId>>>(&self.db, META, COMMITTED)
+            .map(Option::flatten)
+            .map_err(|e| StorageIOError::read(&io_error(e)).into())
     }
 }
 
@@ -301,8 +363,9 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The applied state. After every apply it persists itself and publishes an
-/// immutable snapshot of the state to `published` (DNS and the API read that).
+/// The applied state. After every apply it publishes an immutable copy of
+/// the state to `published` (DNS and the API read that); it is persisted
+/// with each snapshot (see the module documentation).
 pub struct StateMachine {
     db: Arc<Database>,
     image: MachineImage,
@@ -310,15 +373,16 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// Loads the persisted state machine from an opened database. The
-    /// returned receiver sees the state as of the last apply.
+    /// Loads the persisted state machine from an opened database: the state
+    /// as of the last snapshot, to which openraft re-applies the committed
+    /// entries after it when it starts. The returned receiver sees every
+    /// apply from then on.
     pub fn load(
         db: Arc<Database>,
     ) -> std::result::Result<(StateMachine, watch::Receiver<Arc<AppliedState>>), StorageError<NodeId>>
     {
-        let image: MachineImage = read_meta(&db, MACHINE, APPLIED)
-            .map_err(|e| StorageIOError::read_state_machine(&io_error(e)))?
-            .unwrap_or_default();
+        let image =
+            load_image(&db).map_err(|e| StorageIOError::read_state_machine(&io_error(e)))?;
         let (published, receiver) = watch::channel(Arc::new(image.applied.clone()));
         Ok((
             StateMachine {
@@ -328,12 +392,6 @@ impl StateMachine {
             },
             receiver,
         ))
-    }
-
-    fn persist(&self) -> Result<()> {
-        let bytes = encode(&self.image).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        write_meta(&self.db, MACHINE, &[(APPLIED, bytes)])
-            .map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
     fn publish(&self) {
@@ -360,15 +418,71 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data: data.clone(),
         };
-        let bytes = encode(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        write_meta(&self.db, MACHINE, &[(SNAPSHOT, bytes)])
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        store_snapshot(&self.db, &stored)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)))?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// The newest state machine the database holds: its snapshot's, or the
+/// whole state as earlier versions wrote it on every apply if that is newer
+/// (the first snapshot after an upgrade removes it).
+fn load_image(db: &Database) -> std::result::Result<MachineImage, String> {
+    let snapshot = read_meta::<StoredSnapshot>(db, MACHINE, SNAPSHOT)?
+        .map(|stored| {
+            let image: MachineImage = decode(&stored.data).map_err(|e| e.to_string())?;
+            Ok::<_, String>(MachineImage {
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership,
+                applied: image.applied,
+            })
+        })
+        .transpose()?;
+    let legacy = read_meta::<MachineImage>(db, MACHINE, APPLIED)?;
+    Ok(match (snapshot, legacy) {
+        (Some(snapshot), Some(legacy)) if legacy.last_applied > snapshot.last_applied => legacy,
+        (Some(snapshot), _) => snapshot,
+        (None, legacy) => legacy.unwrap_or_default(),
+    })
+}
+
+/// Stores `stored` as the current snapshot (fsync'd, on a blocking thread)
+/// unless the database already holds a newer one: a snapshot installed from
+/// the leader while this node built an older one of its own is kept.
+async fn store_snapshot(
+    db: &Arc<Database>,
+    stored: &StoredSnapshot,
+) -> std::result::Result<(), String> {
+    let at = stored.meta.last_log_id;
+    let bytes = encode(stored).map_err(|e| e.to_string())?;
+    let at_bytes = encode(&at).map_err(|e| e.to_string())?;
+    blocking(db, move |db| {
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut table = txn.open_table(MACHINE).map_err(|e| e.to_string())?;
+            let held: Option<LogId<NodeId>> =
+                match table.get(SNAPSHOT_AT).map_err(|e| e.to_string())? {
+                    Some(value) => decode(value.value()).map_err(|e| e.to_string())?,
+                    None => None,
+                };
+            if held > at {
+                return Ok(());
+            }
+            table
+                .insert(SNAPSHOT, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            table
+                .insert(SNAPSHOT_AT, at_bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            table.remove(APPLIED).map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())
+    })
+    .await
 }
 
 /// A snapshot builder works on a copy, so the state machine goes on applying.
@@ -419,7 +533,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             outcomes.push(outcome);
         }
-        self.persist()?;
         self.publish();
         Ok(outcomes)
     }
@@ -455,16 +568,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        let snapshot_bytes = encode(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let image_bytes =
-            encode(&self.image).map_err(|e| StorageIOError::write_state_machine(&e))?;
-        write_meta(
-            &self.db,
-            MACHINE,
-            &[(SNAPSHOT, snapshot_bytes), (APPLIED, image_bytes)],
-        )
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        store_snapshot(&self.db, &stored)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io_error(e)))?;
         self.publish();
         Ok(())
     }
@@ -500,5 +606,121 @@ mod tests {
     #[test]
     fn openraft_storage_suite_passes() -> Result<()> {
         Suite::test_all(RedbBuilder)
+    }
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn blanks(indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry<TypeConfig>> {
+        indexes
+            .map(|index| Entry {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            })
+            .collect()
+    }
+
+    /// A state machine on a new database in `dir`, with `1..=applied`
+    /// applied (blank entries).
+    async fn machine_with(
+        dir: &tempfile::TempDir,
+        applied: u64,
+    ) -> (
+        Arc<Database>,
+        StateMachine,
+        watch::Receiver<Arc<AppliedState>>,
+    ) {
+        let db = open(dir.path()).expect("open");
+        let (mut machine, published) = StateMachine::load(db.clone()).expect("load");
+        machine.apply(blanks(1..=applied)).await.expect("apply");
+        (db, machine, published)
+    }
+
+    async fn snapshot(machine: &mut StateMachine) -> Snapshot<TypeConfig> {
+        machine
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("snapshot")
+    }
+
+    async fn last_applied(machine: &mut StateMachine) -> Option<u64> {
+        let (applied, _) = machine.applied_state().await.expect("applied state");
+        applied.map(|id| id.index)
+    }
+
+    /// The state machine is written with each snapshot, not on every apply:
+    /// a reload starts from the snapshot, and openraft re-applies the log
+    /// after it (which `save_committed` lets it do at once).
+    #[tokio::test]
+    async fn a_reload_starts_from_the_last_snapshot_and_knows_what_was_committed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, mut machine, published) = machine_with(&dir, 3).await;
+        snapshot(&mut machine).await;
+        machine.apply(blanks(4..=5)).await.expect("apply");
+        assert_eq!(published.borrow().index, 5, "every apply is published");
+        let mut log = LogStore::new(db.clone());
+        log.save_committed(Some(log_id(5)))
+            .await
+            .expect("save committed");
+        drop((machine, log, published));
+
+        let (mut machine, published) = StateMachine::load(db.clone()).expect("reload");
+        assert_eq!(last_applied(&mut machine).await, Some(3));
+        assert_eq!(published.borrow().index, 3);
+        let mut log = LogStore::new(db);
+        assert_eq!(log.read_committed().await.expect("read"), Some(log_id(5)));
+    }
+
+    /// A snapshot this node built from an older state must not replace one
+    /// installed from the leader meanwhile.
+    #[tokio::test]
+    async fn an_older_snapshot_does_not_replace_a_newer_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, mut machine, _) = machine_with(&dir, 2).await;
+        let mut older = machine.get_snapshot_builder().await;
+
+        let leader_dir = tempfile::tempdir().expect("temp dir");
+        let (_, mut leader, _) = machine_with(&leader_dir, 9).await;
+        let newer = snapshot(&mut leader).await;
+        machine
+            .install_snapshot(&newer.meta, newer.snapshot)
+            .await
+            .expect("install");
+        older.build_snapshot().await.expect("snapshot");
+
+        let current = machine
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta.last_log_id, Some(log_id(9)));
+        drop(machine);
+        let (mut machine, _) = StateMachine::load(db).expect("reload");
+        assert_eq!(last_applied(&mut machine).await, Some(9));
+    }
+
+    /// Earlier versions wrote the whole state on every apply; a node
+    /// upgraded from one starts from that state when it is the newer, and
+    /// its next snapshot supersedes it.
+    #[tokio::test]
+    async fn a_state_written_by_an_earlier_version_is_loaded_while_newer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (db, mut machine, _) = machine_with(&dir, 2).await;
+        snapshot(&mut machine).await;
+        machine.apply(blanks(3..=4)).await.expect("apply");
+        let legacy = encode(&machine.image).expect("encode");
+        write_meta(&db, MACHINE, vec![(APPLIED, legacy)], Durability::Immediate)
+            .await
+            .expect("write");
+        drop(machine);
+
+        let (mut machine, _) = StateMachine::load(db.clone()).expect("reload");
+        assert_eq!(last_applied(&mut machine).await, Some(4));
+        snapshot(&mut machine).await;
+        let left = read_meta::<MachineImage>(&db, MACHINE, APPLIED).expect("read");
+        assert!(left.is_none(), "the snapshot supersedes the old state");
     }
 }
