@@ -78,6 +78,8 @@ pub enum NodeError {
     Stopped(&'static str),
     #[error("cannot start the thread that renders /metrics: {0}")]
     MetricsThread(std::io::Error),
+    #[error("cannot start the thread that runs the health checks: {0}")]
+    ProbeThread(std::io::Error),
     #[error("the Raft core stopped: {0}; exiting so that a supervisor restarts the node")]
     Raft(String),
 }
@@ -304,7 +306,11 @@ impl Node {
         // Parts that stop first: probes, observations, decisions.
         let work = cancel.child_token();
         let mut tasks = JoinSet::new();
-        tasks.spawn(checker.run(work.clone()));
+        tasks.spawn(
+            checker
+                .spawn(work.clone())
+                .map_err(NodeError::ProbeThread)?,
+        );
         {
             let cluster = cluster.clone();
             let work = work.clone();

@@ -609,6 +609,51 @@ async fn tcp_probe_resets_before_the_instance_accepts() {
     assert!(accepted.is_err(), "the instance accepted {accepted:?}");
 }
 
+/// A listener whose accept queue is full: a new SYN is dropped, so a
+/// connection to it stays in progress until the SYN is sent again (after
+/// a second) and the queue has room.
+async fn full_listener() -> (TcpListener, std::net::TcpStream, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    // A backlog of 0 holds one connection.
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("local addr");
+    let queued = std::net::TcpStream::connect(addr).expect("fill the queue");
+    (listener, queued, addr)
+}
+
+#[tokio::test]
+async fn tcp_times_out_when_the_handshake_never_completes() {
+    let (_listener, _queued, addr) = full_listener().await;
+    let timeout = Duration::from_millis(300);
+    let report = probe_once(CheckKind::Tcp, timeout, &addr.to_string()).await;
+    assert!(!report.ok, "{report:?}");
+    assert_eq!(report.detail, "timed out after 300ms");
+}
+
+#[tokio::test]
+async fn tcp_waits_for_a_handshake_that_completes_late() {
+    let (listener, _queued, addr) = full_listener().await;
+    // Room in the queue shortly after the probe's first SYN was dropped:
+    // its second SYN, a second later, completes the handshake.
+    let drain = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first = listener.accept().await;
+        (listener, first)
+    });
+    let report = probe_once(CheckKind::Tcp, Duration::from_secs(5), &addr.to_string()).await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.detail, format!("connected to {addr}"));
+    assert!(
+        report.took >= Duration::from_millis(500),
+        "the handshake was waited for, not seen at once: {report:?}"
+    );
+    let (_listener, first) = drain.await.expect("drain task");
+    first.expect("the queued connection was accepted");
+}
+
 #[tokio::test]
 async fn tcp_resolves_host_names() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
