@@ -335,7 +335,7 @@ async fn events(
             .events
             .iter()
             .filter(|e| e.index > since)
-            .cloned()
+            .map(|e| Event::clone(e))
             .collect(),
     }))
 }

@@ -119,7 +119,7 @@ pub fn next_due(hook: &HookConfig, state: &State) -> Option<Due> {
         .filter(|e| is_change(e.reason) && hook.covers(&e.service));
     match state.hooks_done.get(&hook.name) {
         Some(&done) => owed.find(|e| e.index > done).map(|e| Due {
-            event: e.clone(),
+            event: Event::clone(e),
             through: e.index,
         }),
         None => {

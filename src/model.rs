@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -267,7 +268,10 @@ pub struct Event {
 pub struct State {
     pub services: BTreeMap<String, ServiceState>,
     /// The most recent committed changes, oldest first, at most [`EVENT_HISTORY`].
-    pub events: VecDeque<Event>,
+    /// Shared, because the whole state is copied on every apply to be
+    /// published: a thousand events with their evidence were most of that
+    /// copy.
+    pub events: VecDeque<Arc<Event>>,
     /// Per hook name, the index of the last event its run was confirmed for
     /// ([`Command::HookDone`]). Absent from snapshots written before hooks
     /// existed, hence the default.
@@ -398,7 +402,7 @@ impl State {
         if self.events.len() == EVENT_HISTORY {
             self.events.pop_front();
         }
-        self.events.push_back(event);
+        self.events.push_back(Arc::new(event));
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pure parts of hooks: what a hook owes, the payload, the signature,
 //! the backoff.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
@@ -33,13 +34,16 @@ fn event(index: u64, service: &str, epoch: u64, reason: Reason) -> Event {
 /// db: initial (1), failover (2), all-down (4); web: initial (3), switchover (5).
 fn state(done: Option<u64>) -> State {
     let mut state = State::default();
-    state.events.extend([
-        event(1, "db", 1, Reason::Initial),
-        event(2, "db", 2, Reason::Failover),
-        event(3, "web", 1, Reason::Initial),
-        event(4, "db", 2, Reason::AllDown),
-        event(5, "web", 2, Reason::Switchover),
-    ]);
+    state.events.extend(
+        [
+            event(1, "db", 1, Reason::Initial),
+            event(2, "db", 2, Reason::Failover),
+            event(3, "web", 1, Reason::Initial),
+            event(4, "db", 2, Reason::AllDown),
+            event(5, "web", 2, Reason::Switchover),
+        ]
+        .map(Arc::new),
+    );
     if let Some(done) = done {
         state.hooks_done.insert("notify".into(), done);
     }
