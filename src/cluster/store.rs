@@ -140,8 +140,9 @@ fn read_meta<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// Writes `records` into `table` in one fsync'd transaction, on a blocking
-/// thread.
+/// Writes `records` into `table` in one transaction, on a blocking thread:
+/// fsync'd before it returns with [`Durability::Immediate`], made durable
+/// by the next such write with [`Durability::None`].
 async fn write_meta(
     db: &Arc<Database>,
     table: TableDefinition<'static, &'static str, &'static [u8]>,
