@@ -29,7 +29,9 @@ use openraft::{
     Entry, EntryPayload, LogId, LogState, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -149,32 +151,35 @@ async fn write_meta(
     records: Vec<(&'static str, Vec<u8>)>,
     durability: Durability,
 ) -> std::result::Result<(), String> {
-    blocking(db, move |db| {
-        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(durability).map_err(|e| e.to_string())?;
-        {
-            let mut t = txn.open_table(table).map_err(|e| e.to_string())?;
-            for (key, value) in &records {
-                t.insert(*key, value.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
+    write_txn(db, durability, move |txn| {
+        let mut t = txn.open_table(table).map_err(|e| e.to_string())?;
+        for (key, value) in &records {
+            t.insert(*key, value.as_slice())
+                .map_err(|e| e.to_string())?;
         }
-        txn.commit().map_err(|e| e.to_string())
+        Ok(())
     })
     .await
 }
 
-/// Runs `write` on one of Tokio's blocking threads, so that its fsync does
+/// Runs `write` in one write transaction of `durability`, committed once it
+/// returns `Ok`, on one of Tokio's blocking threads, so that its fsync does
 /// not hold up the runtime's worker. openraft awaits each storage call
 /// before making the next, so writes still happen in the order it asks.
-async fn blocking(
+async fn write_txn(
     db: &Arc<Database>,
-    write: impl FnOnce(&Database) -> std::result::Result<(), String> + Send + 'static,
+    durability: Durability,
+    write: impl FnOnce(&WriteTransaction) -> std::result::Result<(), String> + Send + 'static,
 ) -> std::result::Result<(), String> {
     let db = db.clone();
-    tokio::task::spawn_blocking(move || write(&db))
-        .await
-        .map_err(|e| format!("a storage write did not finish: {e}"))?
+    tokio::task::spawn_blocking(move || {
+        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        write(&txn)?;
+        txn.commit().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("a storage write did not finish: {e}"))?
 }
 
 fn io_error(e: impl ToString) -> std::io::Error {
@@ -270,18 +275,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<std::result::Result<Vec<_>, serde_json::Error>>();
         let write = async {
             let rows = rows.map_err(|e| e.to_string())?;
-            blocking(&self.db, move |db| {
-                let txn = db.begin_write().map_err(|e| e.to_string())?;
-                {
-                    let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                    for (index, bytes) in &rows {
-                        table
-                            .insert(*index, bytes.as_slice())
-                            .map_err(|e| e.to_string())?;
-                    }
+            // fsync'd when the commit returns.
+            write_txn(&self.db, Durability::Immediate, move |txn| {
+                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                for (index, bytes) in &rows {
+                    table
+                        .insert(*index, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
-                // Durability::Immediate (redb's default): fsync'd when commit returns.
-                txn.commit().map_err(|e| e.to_string())
+                Ok(())
             })
             .await
         };
@@ -298,15 +300,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        blocking(&self.db, move |db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| e.to_string())?;
-            }
-            txn.commit().map_err(|e| e.to_string())
+        write_txn(&self.db, Durability::Immediate, move |txn| {
+            let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            table
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
@@ -314,18 +312,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
         let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        blocking(&self.db, move |db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
-            {
-                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-                meta.insert(LAST_PURGED, bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-                let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| e.to_string())?;
-            }
-            txn.commit().map_err(|e| e.to_string())
+        write_txn(&self.db, Durability::Immediate, move |txn| {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert(LAST_PURGED, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            let mut table = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            table
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| StorageIOError::write_logs(&io_error(e)).into())
@@ -461,27 +455,24 @@ async fn store_snapshot(
     let at = stored.meta.last_log_id;
     let bytes = encode(stored).map_err(|e| e.to_string())?;
     let at_bytes = encode(&at).map_err(|e| e.to_string())?;
-    blocking(db, move |db| {
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        {
-            let mut table = txn.open_table(MACHINE).map_err(|e| e.to_string())?;
-            let held: Option<LogId<NodeId>> =
-                match table.get(SNAPSHOT_AT).map_err(|e| e.to_string())? {
-                    Some(value) => decode(value.value()).map_err(|e| e.to_string())?,
-                    None => None,
-                };
-            if held > at {
-                return Ok(());
-            }
-            table
-                .insert(SNAPSHOT, bytes.as_slice())
-                .map_err(|e| e.to_string())?;
-            table
-                .insert(SNAPSHOT_AT, at_bytes.as_slice())
-                .map_err(|e| e.to_string())?;
-            table.remove(APPLIED).map_err(|e| e.to_string())?;
+    write_txn(db, Durability::Immediate, move |txn| {
+        let mut table = txn.open_table(MACHINE).map_err(|e| e.to_string())?;
+        let held: Option<LogId<NodeId>> = match table.get(SNAPSHOT_AT).map_err(|e| e.to_string())? {
+            Some(value) => decode(value.value()).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        // A newer one stays: nothing is written (the commit is empty).
+        if held > at {
+            return Ok(());
         }
-        txn.commit().map_err(|e| e.to_string())
+        table
+            .insert(SNAPSHOT, bytes.as_slice())
+            .map_err(|e| e.to_string())?;
+        table
+            .insert(SNAPSHOT_AT, at_bytes.as_slice())
+            .map_err(|e| e.to_string())?;
+        table.remove(APPLIED).map_err(|e| e.to_string())?;
+        Ok(())
     })
     .await
 }

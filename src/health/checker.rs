@@ -78,8 +78,6 @@ struct Watched {
     instance: InstanceConfig,
     check: CheckConfig,
     probe: Arc<dyn Probe>,
-    /// `probe.bounded()`: whether it ends within the timeout by itself.
-    bounded: bool,
 }
 
 impl Checker {
@@ -118,7 +116,6 @@ impl Checker {
                 instance: instance.clone(),
                 check: service.check.clone(),
                 probe: probe.clone(),
-                bounded: probe.bounded(),
             }));
         }
         let (health, receiver) = watch::channel(LocalHealth::new(config, Instant::now()));
@@ -291,7 +288,7 @@ impl InstanceTask {
             instruments.probe_started(start.saturating_duration_since(due));
         }
         let probe = self.watched.probe.probe(&self.watched.instance);
-        if self.watched.bounded {
+        if self.watched.probe.bounded() {
             return probe.await;
         }
         // The probe should honour the timeout itself; this bound makes sure a
