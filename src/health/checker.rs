@@ -1,16 +1,23 @@
-//! Scheduling: one task per instance, each probing on its own jittered
-//! interval and publishing verdict changes at once. In a node the tasks run
-//! on a thread and runtime of their own ([`Checker::spawn`]).
+//! Scheduling: one task drives every instance's probes from a schedule of
+//! its own, each instance on its own jittered interval, and publishes
+//! verdict changes at once. In a node that task runs on a thread and
+//! runtime of their own ([`Checker::spawn`]).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
@@ -62,12 +69,12 @@ pub fn probe_slot<'a>(intervals: impl IntoIterator<Item = &'a Duration>) -> Dura
 pub struct Checker {
     /// One entry per configured instance, in config order.
     instances: Vec<Watched>,
-    /// Shared by every instance task; dropped when `run` returns.
+    /// Where verdicts are published; dropped when `run` returns.
     health: watch::Sender<LocalHealth>,
     /// Draws each instance's first-probe offset; seeded so tests are exact.
     rng: StdRng,
-    /// Bounds concurrent probes across all instances.
-    permits: Arc<Semaphore>,
+    /// At most this many probes run at once.
+    max_running: usize,
     /// Where probe durations and failures are counted, if anywhere.
     metrics: Option<Metrics>,
 }
@@ -123,17 +130,17 @@ impl Checker {
             instances,
             health,
             rng: StdRng::seed_from_u64(jitter_seed),
-            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+            max_running: MAX_CONCURRENT_PROBES,
             metrics: None,
         };
         Ok((checker, receiver))
     }
 
-    /// Bounds concurrent probes at `permits` instead of
+    /// Bounds concurrent probes at `max` instead of
     /// [`MAX_CONCURRENT_PROBES`], so a test can hold probes up with a few.
     #[cfg(test)]
-    pub(super) fn with_max_concurrent_probes(mut self, permits: usize) -> Self {
-        self.permits = Arc::new(Semaphore::new(permits));
+    pub(super) fn with_max_concurrent_probes(mut self, max: usize) -> Self {
+        self.max_running = max;
         self
     }
 
@@ -147,13 +154,11 @@ impl Checker {
     /// a single-threaded runtime, and returns what resolves once it has
     /// stopped.
     ///
-    /// At 10,000 instances the checks keep a core busy most of the time
-    /// with ten thousand tasks a second. On the node's runtime, every other
-    /// task (a Raft step, a DNS answer, a commit's next stage) waited in the
-    /// same queue behind hundreds of them; here the kernel shares the core
-    /// between the two threads instead, and a woken Raft or DNS task runs
-    /// at once. The single-threaded runtime is also the cheaper one to
-    /// drive so many small tasks with.
+    /// At 10,000 instances the checks keep a core busy most of the time.
+    /// On the node's runtime, every other task (a Raft step, a DNS answer,
+    /// a commit's next stage) waited in the same queue behind them; here
+    /// the kernel shares the core between the two threads instead, and a
+    /// woken Raft or DNS task runs at once.
     pub fn spawn(self, cancel: CancellationToken) -> std::io::Result<impl Future<Output = ()>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -171,49 +176,280 @@ impl Checker {
         })
     }
 
-    /// Probes every instance until `cancel` fires; returns once every instance
-    /// task has ended (an in-flight probe is dropped, which kills an exec
-    /// check's program).
-    pub async fn run(mut self, cancel: CancellationToken) {
-        let mut tasks = JoinSet::new();
+    /// Probes every instance until `cancel` fires; returns at once then,
+    /// dropping the probes in flight (which kills an exec check's program).
+    ///
+    /// One task does all of it, with a schedule of its own rather than a
+    /// task and a timer per instance: each wake-up starts every probe that
+    /// is due (a slot's worth), and a probe that finishes within its first
+    /// poll, as a TCP check on a nearby instance does inside `connect`,
+    /// is recorded right there. Only probes that must wait (for an HTTP
+    /// answer, a slow handshake, a program) are kept and polled again. The
+    /// per-instance tasks, timers and permits this replaces were about a
+    /// third of the checker's user-space time (the rest of its CPU is the
+    /// kernel's: sockets).
+    pub async fn run(self, cancel: CancellationToken) {
+        let Checker {
+            instances,
+            health,
+            mut rng,
+            max_running,
+            metrics,
+        } = self;
         let start = Instant::now();
-        let slot = probe_slot(self.instances.iter().map(|w| &w.check.interval));
-        for watched in self.instances {
-            // Spread first probes over one interval so that a thousand
-            // instances configured together are not probed in one burst,
-            // in steps of a slot so that they share wake-ups.
-            let offset = slotted(random_below(&mut self.rng, watched.check.interval), slot);
-            let instruments = self
-                .metrics
-                .as_ref()
-                .map(|m| m.probe_instruments(&watched.service, watched.check.kind.name()));
-            let Some(slot) = self
-                .health
+        let slot = probe_slot(instances.iter().map(|w| &w.check.interval));
+        let mut states = Vec::with_capacity(instances.len());
+        let mut schedule = Schedule::default();
+        let mut runs = Vec::with_capacity(instances.len());
+        for watched in &instances {
+            let Some(slot_in_health) = health
                 .borrow()
                 .slot(&watched.service, &watched.instance.name)
             else {
                 // Not possible: the health map was made from the same config.
                 continue;
             };
-            let task = InstanceTask {
-                instruments,
-                slot,
+            // Spread first probes over one interval so that a thousand
+            // instances configured together are not probed in one burst,
+            // in steps of a slot so that they share wake-ups.
+            let offset = slotted(random_below(&mut rng, watched.check.interval), slot);
+            schedule.at(start + offset, runs.len());
+            states.push(InstanceState {
+                hysteresis: Hysteresis::new(watched.check.rise, watched.check.fall),
+                next: start + offset,
+            });
+            runs.push(Run {
                 watched,
-                first: start + offset,
-                health: self.health.clone(),
-                permits: self.permits.clone(),
-            };
-            tasks.spawn(task.run(cancel.clone()));
+                slot: slot_in_health,
+                instruments: metrics
+                    .as_ref()
+                    .map(|m| m.probe_instruments(&watched.service, watched.check.kind.name())),
+            });
         }
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(e) = joined {
-                if e.is_panic() {
-                    // Only this instance stops being probed; its verdict stays
-                    // as it was, which the status page shows as stale.
-                    error!(error = %e, "a health check task panicked");
+        let mut driver = Driver {
+            runs,
+            states,
+            schedule,
+            running: FuturesUnordered::new(),
+            max_running,
+            health,
+        };
+        let cancelled = cancel.cancelled();
+        let wake = tokio::time::sleep_until(start);
+        tokio::pin!(cancelled, wake);
+        loop {
+            std::future::poll_fn(|cx| {
+                driver.start_due(cx);
+                Poll::Ready(())
+            })
+            .await;
+            // The next slot, unless every probe slot is taken: then a
+            // probe's end is the next chance to start one.
+            let next = driver
+                .schedule
+                .next_due()
+                .filter(|_| driver.running.len() < driver.max_running);
+            if let Some(next) = next {
+                if wake.deadline() != next {
+                    wake.as_mut().reset(next);
                 }
             }
+            tokio::select! {
+                biased;
+                () = &mut cancelled => return,
+                Some((index, outcome)) = driver.running.next() => driver.finish(index, outcome),
+                () = &mut wake, if next.is_some() => {}
+            }
         }
+    }
+}
+
+/// When each instance's next probe is due, earliest first. An instance is
+/// in it only while its probe is not running: one probe per instance at a
+/// time, as one task per instance would have it.
+#[derive(Default)]
+struct Schedule(BinaryHeap<Reverse<(Instant, usize)>>);
+
+impl Schedule {
+    fn at(&mut self, due: Instant, index: usize) {
+        self.0.push(Reverse((due, index)));
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.0.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// The instance whose probe is due first, if it is due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(Instant, usize)> {
+        if self.next_due()? > now {
+            return None;
+        }
+        self.0.pop().map(|Reverse(entry)| entry)
+    }
+}
+
+/// What does not change about one instance while the checker runs: the
+/// probes in flight borrow it.
+struct Run<'a> {
+    watched: &'a Watched,
+    /// Where this instance's status sits in the published health.
+    slot: Slot,
+    /// This service's probe metrics, if the checker has any.
+    instruments: Option<ProbeInstruments>,
+}
+
+/// What does: its verdict so far and when it is probed next.
+struct InstanceState {
+    hysteresis: Hysteresis,
+    /// When the probe after the running one is due.
+    next: Instant,
+}
+
+/// The checker's working state while it runs.
+struct Driver<'a> {
+    runs: Vec<Run<'a>>,
+    states: Vec<InstanceState>,
+    schedule: Schedule,
+    /// The probes that did not finish in their first poll.
+    running: FuturesUnordered<InFlight<'a>>,
+    max_running: usize,
+    health: watch::Sender<LocalHealth>,
+}
+
+impl<'a> Driver<'a> {
+    /// Starts every probe that is due, as far as the concurrency bound
+    /// allows; a probe that waited for room counts the wait as its lag.
+    fn start_due(&mut self, cx: &mut Context<'_>) {
+        let now = Instant::now();
+        while self.running.len() < self.max_running {
+            let Some((due, index)) = self.schedule.pop_due(now) else {
+                return;
+            };
+            let Some(run) = self.runs.get(index) else {
+                continue;
+            };
+            let Some(state) = self.states.get_mut(index) else {
+                continue;
+            };
+            let check = &run.watched.check;
+            // Validation forbids a zero interval; a hand-built config must
+            // not make the schedule spin.
+            let period = check.interval.max(Duration::from_millis(1));
+            // A probe held up past its next turn skips the turns it missed
+            // rather than catching up in a burst.
+            state.next = due + period;
+            if state.next <= now {
+                let missed = (now - state.next).as_nanos() / period.as_nanos();
+                let missed = u32::try_from(missed).unwrap_or(u32::MAX);
+                state.next += period.saturating_mul(missed.saturating_add(1));
+            }
+            if let Some(instruments) = &run.instruments {
+                instruments.probe_started(now.saturating_duration_since(due));
+            }
+            let probe = &run.watched.probe;
+            let mut in_flight = InFlight {
+                index,
+                started: now,
+                probe: probe.probe(&run.watched.instance),
+                // The probe should honour the timeout itself; this bound
+                // makes sure a misbehaving one cannot hold the schedule.
+                deadline: (!probe.bounded())
+                    .then(|| Box::pin(tokio::time::sleep_until(now + check.timeout))),
+                timeout: check.timeout,
+            };
+            match Pin::new(&mut in_flight).poll(cx) {
+                Poll::Ready((index, outcome)) => self.finish(index, outcome),
+                Poll::Pending => self.running.push(in_flight),
+            }
+        }
+    }
+
+    /// Records a probe's outcome and puts its instance back on the
+    /// schedule. An instance whose probe panicked is no longer probed; its
+    /// verdict stays as it was, which the status page shows as stale.
+    fn finish(&mut self, index: usize, outcome: Outcome) {
+        let (Some(run), Some(state)) = (self.runs.get(index), self.states.get_mut(index)) else {
+            return;
+        };
+        let service = &*run.watched.service;
+        let instance = run.watched.instance.name.as_str();
+        let report = match outcome {
+            Outcome::Report(report) => report,
+            Outcome::Panicked => {
+                error!(
+                    service,
+                    instance, "a health check panicked; this instance is no longer probed"
+                );
+                return;
+            }
+        };
+        if let Some(instruments) = &run.instruments {
+            instruments.probe_done(report.took, report.ok);
+        }
+        let changed = state.hysteresis.record(report.ok);
+        if let Some(verdict) = changed {
+            info!(service, instance, verdict = %verdict, detail = %report.detail, "instance verdict changed");
+        } else if !report.ok {
+            debug!(service, instance, detail = %report.detail, "probe failed");
+        }
+        let now = Instant::now();
+        let hysteresis = &state.hysteresis;
+        self.health.send_if_modified(|health| {
+            let Some(status) = health.at_mut(run.slot) else {
+                return false;
+            };
+            status.last = Some(report);
+            status.consecutive_successes = hysteresis.consecutive_successes();
+            status.consecutive_failures = hysteresis.consecutive_failures();
+            if let Some(verdict) = changed {
+                status.verdict = verdict;
+                status.since = now;
+            }
+            changed.is_some()
+        });
+        self.schedule.at(state.next, index);
+    }
+}
+
+/// How a probe ended.
+enum Outcome {
+    Report(ProbeReport),
+    Panicked,
+}
+
+/// One probe of one instance, under way.
+struct InFlight<'a> {
+    index: usize,
+    started: Instant,
+    probe: BoxFuture<'a, ProbeReport>,
+    /// The checker's own bound, for a probe that does not bound itself.
+    deadline: Option<Pin<Box<Sleep>>>,
+    timeout: Duration,
+}
+
+impl Future for InFlight<'_> {
+    type Output = (usize, Outcome);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        // A panicking probe must not take every other instance's checks
+        // down with it.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| this.probe.as_mut().poll(cx))) {
+            Ok(Poll::Ready(report)) => return Poll::Ready((this.index, Outcome::Report(report))),
+            Ok(Poll::Pending) => {}
+            Err(_) => return Poll::Ready((this.index, Outcome::Panicked)),
+        }
+        let Some(deadline) = &mut this.deadline else {
+            return Poll::Pending;
+        };
+        if deadline.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let report = ProbeReport {
+            took: this.started.elapsed(),
+            ..ProbeReport::timed_out(this.timeout)
+        };
+        Poll::Ready((this.index, Outcome::Report(report)))
     }
 }
 
@@ -231,102 +467,4 @@ fn random_below(rng: &mut StdRng, bound: Duration) -> Duration {
 fn slotted(offset: Duration, slot: Duration) -> Duration {
     let slot = slot.as_nanos().max(1);
     Duration::from_nanos(u64::try_from(offset.as_nanos() / slot * slot).unwrap_or(u64::MAX))
-}
-
-/// The probe loop of one instance.
-struct InstanceTask {
-    watched: Watched,
-    /// When the first probe fires: the run's start plus this instance's jitter.
-    first: Instant,
-    /// Where verdicts are published; the task updates only its own entry,
-    /// at `slot`.
-    health: watch::Sender<LocalHealth>,
-    slot: Slot,
-    /// The checker-wide concurrency bound, held for the length of one probe.
-    permits: Arc<Semaphore>,
-    /// This service's probe metrics, if the checker has any.
-    instruments: Option<ProbeInstruments>,
-}
-
-impl InstanceTask {
-    async fn run(self, cancel: CancellationToken) {
-        let check = &self.watched.check;
-        let mut hysteresis = Hysteresis::new(check.rise, check.fall);
-        // Validation forbids a zero interval, but tokio panics on one, and a
-        // hand-built config must not bring the node down.
-        let period = check.interval.max(Duration::from_millis(1));
-        let mut ticks = tokio::time::interval_at(self.first, period);
-        // If probes were held up (by the concurrency bound), catch up by
-        // skipping, never by probing in a burst.
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        // One wait for cancellation for the task's life, rather than one
-        // made and dropped twice per probe.
-        let cancelled = cancel.cancelled();
-        tokio::pin!(cancelled);
-        loop {
-            let due = tokio::select! {
-                () = &mut cancelled => return,
-                due = ticks.tick() => due,
-            };
-            let report = tokio::select! {
-                () = &mut cancelled => return,
-                report = self.probe_once(due) => report,
-            };
-            self.record(&mut hysteresis, report);
-        }
-    }
-
-    /// Probes once, for the tick that was `due`; the wait for a permit and
-    /// a late wake-up both count as this probe's scheduling lag.
-    async fn probe_once(&self, due: Instant) -> ProbeReport {
-        // The semaphore is never closed; if it were, probing unbounded is the
-        // lesser harm compared to not probing at all.
-        let _permit = self.permits.acquire().await.ok();
-        let timeout = self.watched.check.timeout;
-        let start = Instant::now();
-        if let Some(instruments) = &self.instruments {
-            instruments.probe_started(start.saturating_duration_since(due));
-        }
-        let probe = self.watched.probe.probe(&self.watched.instance);
-        if self.watched.probe.bounded() {
-            return probe.await;
-        }
-        // The probe should honour the timeout itself; this bound makes sure a
-        // misbehaving one cannot hold the schedule.
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(report) => report,
-            Err(_) => ProbeReport {
-                took: start.elapsed(),
-                ..ProbeReport::timed_out(timeout)
-            },
-        }
-    }
-
-    fn record(&self, hysteresis: &mut Hysteresis, report: ProbeReport) {
-        let service = &*self.watched.service;
-        let instance = self.watched.instance.name.as_str();
-        if let Some(instruments) = &self.instruments {
-            instruments.probe_done(report.took, report.ok);
-        }
-        let changed = hysteresis.record(report.ok);
-        if let Some(verdict) = changed {
-            info!(service, instance, verdict = %verdict, detail = %report.detail, "instance verdict changed");
-        } else if !report.ok {
-            debug!(service, instance, detail = %report.detail, "probe failed");
-        }
-        let now = Instant::now();
-        self.health.send_if_modified(|health| {
-            let Some(status) = health.at_mut(self.slot) else {
-                return false;
-            };
-            status.last = Some(report);
-            status.consecutive_successes = hysteresis.consecutive_successes();
-            status.consecutive_failures = hysteresis.consecutive_failures();
-            if let Some(verdict) = changed {
-                status.verdict = verdict;
-                status.since = now;
-            }
-            changed.is_some()
-        });
-    }
 }

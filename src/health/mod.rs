@@ -3,14 +3,15 @@
 //! The module owns three things. [`probe`] holds the real probers (http, tcp,
 //! exec) behind the [`Probe`] trait, the boundary tests fake. [`Hysteresis`]
 //! turns a stream of probe outcomes into a [`Verdict`] with rise/fall
-//! thresholds, purely. [`Checker`] runs one task per instance that probes on a
-//! jittered schedule and publishes a [`LocalHealth`] snapshot on a `watch`
-//! channel whenever a verdict changes.
+//! thresholds, purely. [`Checker`] probes every instance on its own jittered
+//! schedule, all from one task, and publishes a [`LocalHealth`] snapshot on
+//! a `watch` channel whenever a verdict changes.
 //!
 //! It must never decide anything: a verdict here is one node's opinion, and only
 //! the cluster leader, from a quorum of such opinions, changes the active
 //! instance. It must never let one instance's probe delay another's, so every
-//! probe is bounded by the check's timeout and runs in its instance's own task.
+//! probe is bounded by the check's timeout and runs alongside the others: a
+//! probe that has to wait is polled again only when it can make progress.
 
 mod checker;
 mod hysteresis;

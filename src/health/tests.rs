@@ -1357,6 +1357,57 @@ async fn cancel_stops_every_task_and_drops_probes_in_flight() {
     assert_eq!(probe.start_count(), started, "no probe after cancel");
 }
 
+/// A probe that panics for instance `boom`, inside its first poll or
+/// after a wait, and passes every other instance.
+struct PanicsFor {
+    after_a_wait: bool,
+}
+
+impl Probe for PanicsFor {
+    fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        async move {
+            if instance.name == "boom" {
+                if self.after_a_wait {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("a probe bug");
+            }
+            ProbeReport::ok("pass", Duration::ZERO)
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_probe_stops_only_its_own_instance() {
+    let config = fake_config(&["boom", "fine"], Duration::from_millis(500), 2, 2);
+    for after_a_wait in [false, true] {
+        let probe: Arc<dyn Probe> = Arc::new(PanicsFor { after_a_wait });
+        let (checker, mut rx) = Checker::with_probes(&config, vec![("web".into(), probe)], 7)
+            .expect("every service has a probe");
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(checker.run(cancel.clone()));
+        wait_verdict(&mut rx, "fine", Verdict::Up).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        {
+            let health = rx.borrow();
+            let fine = health.get("web", "fine").expect("fine is tracked");
+            assert!(
+                fine.consecutive_successes >= 6,
+                "after_a_wait {after_a_wait}: {fine:?}"
+            );
+            let boom = health.get("web", "boom").expect("boom is tracked");
+            assert_eq!(
+                boom.verdict,
+                Verdict::Unknown,
+                "after_a_wait {after_a_wait}"
+            );
+            assert_eq!(boom.last, None, "after_a_wait {after_a_wait}");
+        }
+        stop(cancel, handle).await;
+    }
+}
+
 #[test]
 fn with_probes_needs_a_probe_for_every_service() {
     let config = fake_config(&["a"], Duration::from_millis(500), 2, 3);
