@@ -373,10 +373,8 @@ impl<'a> Driver<'a> {
                 index,
                 started: now,
                 probe: probe.probe(&run.watched.instance),
-                // The probe should honour the timeout itself; this bound
-                // makes sure a misbehaving one cannot hold the schedule.
-                deadline: (!probe.bounded())
-                    .then(|| Box::pin(tokio::time::sleep_until(now + check.timeout))),
+                guarded: !probe.bounded(),
+                deadline: None,
                 timeout: check.timeout,
             };
             match Pin::new(&mut in_flight).poll(cx) {
@@ -444,7 +442,11 @@ struct InFlight<'a> {
     index: usize,
     started: Instant,
     probe: BoxFuture<'a, ProbeReport>,
-    /// The checker's own bound, for a probe that does not bound itself.
+    /// Whether the probe is given a bound of the checker's own, because it
+    /// does not bound itself: it should honour the timeout itself, and
+    /// this makes sure a misbehaving one cannot hold the schedule.
+    guarded: bool,
+    /// That bound, set once the probe has to wait.
     deadline: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
 }
@@ -461,10 +463,14 @@ impl Future for InFlight<'_> {
             Ok(Poll::Pending) => {}
             Err(_) => return Poll::Ready((this.index, Outcome::Panicked)),
         }
-        let Some(deadline) = &mut this.deadline else {
+        if !this.guarded {
             return Poll::Pending;
-        };
-        if deadline.as_mut().poll(cx).is_pending() {
+        }
+        let deadline = this.started + this.timeout;
+        let sleep = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
         let report = ProbeReport {

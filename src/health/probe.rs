@@ -7,8 +7,10 @@
 use std::error::Error as _;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -17,7 +19,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, lookup_host};
 use tokio::process::Command;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::{HealthError, Probe, ProbeReport};
 use crate::config::{CheckKind, InstanceConfig, ServiceConfig, StatusMatcher};
@@ -585,15 +587,60 @@ impl Drop for ProcessGroup {
 }
 
 /// Runs `check` within `timeout`, timing it, and turns its outcome into a report.
-async fn bounded(
-    timeout: Duration,
-    check: impl Future<Output = Result<String, String>>,
-) -> ProbeReport {
-    let start = Instant::now();
-    match tokio::time::timeout(timeout, check).await {
-        Ok(Ok(detail)) => ProbeReport::ok(detail, start.elapsed()),
-        Ok(Err(detail)) => ProbeReport::failed(detail, start.elapsed()),
-        Err(_) => ProbeReport::timed_out(timeout),
+fn bounded<F>(timeout: Duration, check: F) -> Bounded<F>
+where
+    F: Future<Output = Result<String, String>>,
+{
+    Bounded {
+        check,
+        started: Instant::now(),
+        timeout,
+        deadline: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A check bounded by a timeout, made by [`bounded`].
+    ///
+    /// Unlike `tokio::time::timeout`, it starts its timer only once the
+    /// check has to wait: a TCP check on a nearby instance is done within
+    /// its first poll, and at 10,000 of them a second a timer each is
+    /// work for nothing. It also stores the check once, where an `async fn`
+    /// wrapper kept its argument beside the timeout holding the same
+    /// future, which took an HTTP check's future past the allocator's
+    /// fast path.
+    struct Bounded<F> {
+        #[pin]
+        check: F,
+        started: Instant,
+        timeout: Duration,
+        deadline: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl<F> Future for Bounded<F>
+where
+    F: Future<Output = Result<String, String>>,
+{
+    type Output = ProbeReport;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ProbeReport> {
+        let this = self.project();
+        if let Poll::Ready(outcome) = this.check.poll(cx) {
+            let took = this.started.elapsed();
+            return Poll::Ready(match outcome {
+                Ok(detail) => ProbeReport::ok(detail, took),
+                Err(detail) => ProbeReport::failed(detail, took),
+            });
+        }
+        let deadline = *this.started + *this.timeout;
+        let sleep = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(ProbeReport::timed_out(*this.timeout)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
