@@ -243,7 +243,7 @@ impl Checker {
                 Poll::Ready(())
             })
             .await;
-            // The next slot, unless every probe slot is taken: then a
+            // The next slot, unless as many probes run as may: then a
             // probe's end is the next chance to start one.
             let next = driver
                 .schedule
