@@ -16,11 +16,12 @@ use futures::stream::FuturesUnordered;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
-use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, Slot, probe};
+use super::probe::{self, LazyDeadline};
+use super::{HealthError, Hysteresis, LocalHealth, Probe, ProbeReport, Slot};
 use crate::config::{CheckConfig, Config, InstanceConfig};
 use crate::metrics::{Metrics, ProbeInstruments};
 
@@ -373,8 +374,7 @@ impl<'a> Driver<'a> {
                 index,
                 started: now,
                 probe: probe.probe(&run.watched.instance),
-                guarded: !probe.bounded(),
-                deadline: None,
+                guard: (!probe.bounded()).then(|| LazyDeadline::new(now + check.timeout)),
                 timeout: check.timeout,
             };
             match Pin::new(&mut in_flight).poll(cx) {
@@ -442,12 +442,10 @@ struct InFlight<'a> {
     index: usize,
     started: Instant,
     probe: BoxFuture<'a, ProbeReport>,
-    /// Whether the probe is given a bound of the checker's own, because it
-    /// does not bound itself: it should honour the timeout itself, and
-    /// this makes sure a misbehaving one cannot hold the schedule.
-    guarded: bool,
-    /// That bound, set once the probe has to wait.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// The checker's own bound, for a probe that does not bound itself: it
+    /// should honour the timeout itself, and this makes sure a misbehaving
+    /// one cannot hold the schedule.
+    guard: Option<LazyDeadline>,
     timeout: Duration,
 }
 
@@ -463,14 +461,10 @@ impl Future for InFlight<'_> {
             Ok(Poll::Pending) => {}
             Err(_) => return Poll::Ready((this.index, Outcome::Panicked)),
         }
-        if !this.guarded {
+        let Some(guard) = &mut this.guard else {
             return Poll::Pending;
-        }
-        let deadline = this.started + this.timeout;
-        let sleep = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.as_mut().poll(cx).is_pending() {
+        };
+        if guard.poll_elapsed(cx).is_pending() {
             return Poll::Pending;
         }
         let report = ProbeReport {

@@ -591,30 +591,28 @@ fn bounded<F>(timeout: Duration, check: F) -> Bounded<F>
 where
     F: Future<Output = Result<String, String>>,
 {
+    let started = Instant::now();
     Bounded {
         check,
-        started: Instant::now(),
+        started,
         timeout,
-        deadline: None,
+        deadline: LazyDeadline::new(started + timeout),
     }
 }
 
 pin_project_lite::pin_project! {
     /// A check bounded by a timeout, made by [`bounded`].
     ///
-    /// Unlike `tokio::time::timeout`, it starts its timer only once the
-    /// check has to wait: a TCP check on a nearby instance is done within
-    /// its first poll, and at 10,000 of them a second a timer each is
-    /// work for nothing. It also stores the check once, where an `async fn`
-    /// wrapper kept its argument beside the timeout holding the same
-    /// future, which took an HTTP check's future past the allocator's
-    /// fast path.
+    /// Unlike `tokio::time::timeout`, its timer is a [`LazyDeadline`]. It
+    /// also stores the check once, where an `async fn` wrapper kept its
+    /// argument beside the timeout holding the same future, which took an
+    /// HTTP check's future past the allocator's fast path.
     struct Bounded<F> {
         #[pin]
         check: F,
         started: Instant,
         timeout: Duration,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: LazyDeadline,
     }
 }
 
@@ -633,14 +631,34 @@ where
                 Err(detail) => ProbeReport::failed(detail, took),
             });
         }
-        let deadline = *this.started + *this.timeout;
-        let sleep = this
-            .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match sleep.as_mut().poll(cx) {
+        match this.deadline.poll_elapsed(cx) {
             Poll::Ready(()) => Poll::Ready(ProbeReport::timed_out(*this.timeout)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// A deadline whose timer is made only when something first waits on it.
+/// A TCP check on a nearby instance is done within its first poll and
+/// never does; at 10,000 of them a second a timer each is work for
+/// nothing.
+pub(super) struct LazyDeadline {
+    at: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl LazyDeadline {
+    pub(super) fn new(at: Instant) -> Self {
+        LazyDeadline { at, sleep: None }
+    }
+
+    /// Ready once the deadline has passed; until then, `cx` is woken at it.
+    pub(super) fn poll_elapsed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
     }
 }
 
