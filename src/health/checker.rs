@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -43,6 +44,12 @@ const PROBES_PER_SLOT: f64 = 100.0;
 /// backend at once). Each instance is still probed once per interval, on
 /// time to within the few milliseconds a slot's probes take to start.
 pub const MAX_PROBE_SLOT: Duration = Duration::from_millis(100);
+
+/// How many times the probes started in one slot are polled in lockstep
+/// (see [`Driver::start_due`]) before those still under way join the
+/// running ones: enough for an HTTP check on a near instance, which takes
+/// three steps (connect, send, read) with a turn between each.
+const LOCKSTEP_POLLS: usize = 3;
 
 /// The name of the thread a node's health checks run on.
 pub const PROBE_THREAD: &str = "hl-probe";
@@ -232,6 +239,9 @@ impl Checker {
             states,
             schedule,
             running: FuturesUnordered::new(),
+            starting: Vec::new(),
+            again: Vec::new(),
+            turn: Arc::new(Turn::default()),
             max_running,
             health,
         };
@@ -239,11 +249,7 @@ impl Checker {
         let wake = tokio::time::sleep_until(start);
         tokio::pin!(cancelled, wake);
         loop {
-            std::future::poll_fn(|cx| {
-                driver.start_due(cx);
-                Poll::Ready(())
-            })
-            .await;
+            driver.start_due();
             // The next slot, unless as many probes run as may: then a
             // probe's end is the next chance to start one.
             let next = driver
@@ -333,8 +339,15 @@ struct Driver<'a> {
     runs: Vec<Run<'a>>,
     states: Vec<InstanceState>,
     schedule: Schedule,
-    /// The probes that did not finish in their first poll.
+    /// The probes that did not finish in their first turns.
     running: FuturesUnordered<InFlight<'a>>,
+    /// The probes of the slot being started, and those of them that asked
+    /// for another turn; both empty between slots, kept for their
+    /// allocations.
+    starting: Vec<InFlight<'a>>,
+    again: Vec<InFlight<'a>>,
+    /// Whether the probe just polled asked for another turn.
+    turn: Arc<Turn>,
     max_running: usize,
     health: watch::Sender<LocalHealth>,
 }
@@ -342,11 +355,21 @@ struct Driver<'a> {
 impl<'a> Driver<'a> {
     /// Starts every probe that is due, as far as the concurrency bound
     /// allows; a probe that waited for room counts the wait as its lag.
-    fn start_due(&mut self, cx: &mut Context<'_>) {
+    ///
+    /// The probes of a slot start in lockstep: each is polled once, then
+    /// each that asked for another turn (by waking its waker at once) is
+    /// polled again, and so on, up to [`LOCKSTEP_POLLS`] polls, so that
+    /// their steps happen together (every connect, then every request, then
+    /// every answer; see `probe::exchange_near`). A probe done by then is
+    /// recorded at once; one that waits on the reactor (for an answer, a
+    /// slow handshake, a program) joins the probes running, which poll it
+    /// again with a waker of their own.
+    fn start_due(&mut self) {
         let now = Instant::now();
-        while self.running.len() < self.max_running {
+        let mut starting = std::mem::take(&mut self.starting);
+        while self.running.len() + starting.len() < self.max_running {
             let Some((due, index)) = self.schedule.pop_due(now) else {
-                return;
+                break;
             };
             let Some(run) = self.runs.get(index) else {
                 continue;
@@ -370,18 +393,39 @@ impl<'a> Driver<'a> {
                 instruments.probe_started(now.saturating_duration_since(due));
             }
             let probe = &run.watched.probe;
-            let mut in_flight = InFlight {
+            starting.push(InFlight {
                 index,
                 started: now,
                 probe: probe.probe(&run.watched.instance),
                 guard: (!probe.bounded()).then(|| LazyDeadline::new(now + check.timeout)),
                 timeout: check.timeout,
-            };
-            match Pin::new(&mut in_flight).poll(cx) {
-                Poll::Ready((index, outcome)) => self.finish(index, outcome),
-                Poll::Pending => self.running.push(in_flight),
-            }
+            });
         }
+        let mut again = std::mem::take(&mut self.again);
+        let waker = Waker::from(self.turn.clone());
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..LOCKSTEP_POLLS {
+            if starting.is_empty() {
+                break;
+            }
+            for mut in_flight in starting.drain(..) {
+                self.turn.asked.store(false, Ordering::Relaxed);
+                match Pin::new(&mut in_flight).poll(&mut cx) {
+                    Poll::Ready((index, outcome)) => self.finish(index, outcome),
+                    Poll::Pending if self.turn.asked.load(Ordering::Relaxed) => {
+                        again.push(in_flight);
+                    }
+                    Poll::Pending => self.running.push(in_flight),
+                }
+            }
+            std::mem::swap(&mut starting, &mut again);
+        }
+        // Still asking for turns: they go on among the running ones.
+        for in_flight in starting.drain(..) {
+            self.running.push(in_flight);
+        }
+        self.again = again;
+        self.starting = starting;
     }
 
     /// Records a probe's outcome and puts its instance back on the
@@ -472,6 +516,23 @@ impl Future for InFlight<'_> {
             ..ProbeReport::timed_out(this.timeout)
         };
         Poll::Ready((this.index, Outcome::Report(report)))
+    }
+}
+
+/// The waker a slot's probes are polled with while they start in
+/// lockstep: a probe that wakes it at once asks for another turn.
+#[derive(Default)]
+struct Turn {
+    asked: AtomicBool,
+}
+
+impl Wake for Turn {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.asked.store(true, Ordering::Relaxed);
     }
 }
 

@@ -503,6 +503,12 @@ async fn http_opens_a_new_connection_for_every_probe() {
 /// A server that answers its first connection's request with `raw` bytes
 /// and closes: for answers the usual test server cannot give.
 async fn raw_server(raw: &'static [u8]) -> SocketAddr {
+    raw_server_in_pieces(vec![raw], Duration::ZERO).await
+}
+
+/// [`raw_server`], writing its answer in `pieces` with `pause` between
+/// them.
+async fn raw_server_in_pieces(pieces: Vec<&'static [u8]>, pause: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
@@ -515,25 +521,43 @@ async fn raw_server(raw: &'static [u8]) -> SocketAddr {
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            let _ = stream.write_all(raw).await;
+            for (i, piece) in pieces.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(pause).await;
+                }
+                if stream.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
         }
     });
     addr
 }
 
+/// An interim answer is skipped, whether the answers come at once or in
+/// pieces (part of the head read at once after the request, the rest
+/// waited for).
 #[tokio::test]
 async fn http_skips_an_interim_response() {
-    let addr = raw_server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await;
-    let kind = CheckKind::Http {
-        https: false,
-        path: "/".into(),
-        host: None,
-        expect_status: StatusMatcher::single(204),
-        body_contains: None,
-    };
-    let report = probe_once(kind, TIMEOUT, &addr.to_string()).await;
-    assert!(report.ok, "{report:?}");
-    assert_eq!(report.detail, "HTTP 204");
+    let at_once = raw_server(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n").await;
+    let pieces: Vec<&'static [u8]> = vec![
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2",
+        b"04 No Content\r",
+        b"\n\r\n",
+    ];
+    let in_pieces = raw_server_in_pieces(pieces, Duration::from_millis(30)).await;
+    for addr in [at_once, in_pieces] {
+        let kind = CheckKind::Http {
+            https: false,
+            path: "/".into(),
+            host: None,
+            expect_status: StatusMatcher::single(204),
+            body_contains: None,
+        };
+        let report = probe_once(kind, TIMEOUT, &addr.to_string()).await;
+        assert!(report.ok, "{addr}: {report:?}");
+        assert_eq!(report.detail, "HTTP 204");
+    }
 }
 
 #[tokio::test]
@@ -1504,4 +1528,72 @@ fn the_probe_slot_holds_about_a_hundred_probes_within_1_to_100_ms() {
     // 2,500 instances every 200 ms are 12,500 probes a second.
     assert_eq!(probe_slot(&vec![ms(200); 2_500]), ms(8));
     assert_eq!(probe_slot(&[]), ms(100));
+}
+
+/// A probe that takes `turns + 1` steps with a turn between each (as an
+/// HTTP check on a near instance takes three: connect, send, read), and
+/// logs each step as `(step, instance)`.
+struct Steps {
+    turns: usize,
+    log: Arc<Mutex<Vec<(usize, String)>>>,
+}
+
+impl Probe for Steps {
+    fn probe<'a>(&'a self, instance: &'a InstanceConfig) -> BoxFuture<'a, ProbeReport> {
+        async move {
+            for step in 0..=self.turns {
+                if step > 0 {
+                    super::probe::next_turn().await;
+                }
+                self.log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((step, instance.name.clone()));
+            }
+            ProbeReport::ok("pass", Duration::ZERO)
+        }
+        .boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_probes_of_a_slot_take_their_steps_in_lockstep() {
+    let names = ["a", "b", "c", "d", "e"];
+    let mut config = fake_config(&names, Duration::from_millis(50), 1, 1);
+    // Five instances every 100 ms share one slot of 100 ms: they start
+    // together.
+    config.services[0].check.interval = Duration::from_millis(100);
+    // Two turns are taken in lockstep; six go on among the running probes
+    // after the first three, and still finish.
+    for turns in [2, 6] {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let probe: Arc<dyn Probe> = Arc::new(Steps {
+            turns,
+            log: log.clone(),
+        });
+        let (checker, mut rx) = Checker::with_probes(&config, vec![("web".into(), probe)], 7)
+            .expect("every service has a probe");
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(checker.run(cancel.clone()));
+        for name in names {
+            wait_verdict(&mut rx, name, Verdict::Up).await;
+        }
+        stop(cancel, handle).await;
+        let log = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let first: Vec<_> = log.iter().take(names.len() * 3).collect();
+        let mut expected = Vec::new();
+        for step in 0..3 {
+            expected.extend(names.iter().map(|n| (step, n.to_string())));
+        }
+        let first_steps: Vec<_> = first.iter().map(|(step, _)| *step).collect();
+        let expected_steps: Vec<_> = expected.iter().map(|(step, _)| *step).collect();
+        assert_eq!(first_steps, expected_steps, "turns {turns}: {log:?}");
+        let mut seen: Vec<_> = first.iter().map(|(s, n)| (*s, n.clone())).collect();
+        seen.sort();
+        expected.sort();
+        assert_eq!(
+            seen, expected,
+            "turns {turns}: every instance takes each step once"
+        );
+    }
 }
