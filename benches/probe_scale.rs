@@ -41,12 +41,23 @@
 //!   endpoints' window starts a few seconds after highlander's scrape, so
 //!   this one is free of it.
 //!
-//! Every system is measured `REPS` times, alternating, and the table shows
-//! medians; the ratio is the median of the ratios of each round. It exits 1
-//! only when it cannot measure (a process that does not start, no probe
-//! counted); a missed goal prints "no". `HIGHLANDER_BENCH_SCALES=10000`
-//! measures only the scales it lists. `--smoke` runs 200 instances once
-//! over a few seconds.
+//! Every system is measured once per round, in turn, the order reversed
+//! every other round so that neither always follows the other (a window
+//! right after HAProxy's measured differently from one after highlander's).
+//! The table shows medians over the rounds; the ratio is the median of the
+//! ratios of each round. It exits 1 only when it cannot measure (a process
+//! that does not start, no probe counted); a missed goal prints "no".
+//!
+//! - `HIGHLANDER_BENCH_SCALES=10000` measures only the scales it lists;
+//! - `HIGHLANDER_BENCH_ROUNDS=N` measures N rounds instead of 5;
+//! - `HIGHLANDER_BENCH_BASELINE=path/to/highlander` also measures another
+//!   highlander build (started and measured the same way, in the same
+//!   rounds), and prints the ratio of this build's CPU per probe to it:
+//!   the way to tell whether a change to the checks saves anything, on a
+//!   machine whose speed drifts by more than the change saves between two
+//!   runs.
+//!
+//! `--smoke` runs 200 instances once over a few seconds.
 
 mod common;
 
@@ -121,7 +132,7 @@ impl Plan {
         };
         Ok(Plan {
             scales,
-            reps: 3,
+            reps: rounds()?,
             warmup: Duration::from_secs(10),
             window: Duration::from_secs(20),
         })
@@ -133,9 +144,11 @@ fn main() -> ExitCode {
 }
 
 /// Which prober.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum System {
     Highlander,
+    /// Another highlander build, with `HIGHLANDER_BENCH_BASELINE`.
+    Baseline,
     HaProxy,
 }
 
@@ -143,6 +156,7 @@ impl System {
     fn name(self) -> &'static str {
         match self {
             System::Highlander => "highlander",
+            System::Baseline => "highlander (baseline build)",
             System::HaProxy => "HAProxy",
         }
     }
@@ -173,6 +187,9 @@ async fn run(private: bool) -> Result<()> {
     let binary = Path::new(env!("CARGO_BIN_EXE_highlander"));
     let mut rows = Vec::new();
     let mut verdicts = Vec::new();
+    let mut baseline_rows = Vec::new();
+    let baseline_binary =
+        std::env::var_os("HIGHLANDER_BENCH_BASELINE").map(std::path::PathBuf::from);
     for &scale in &plan.scales {
         let half = scale / 2;
         let port = common::free_port_on(&[HTTP_BASE, TCP_BASE])?;
@@ -196,46 +213,96 @@ async fn run(private: bool) -> Result<()> {
             "{scale} endpoints up on port {port} (endpoint server pid {})",
             endpoints.pid()
         );
-        let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
-        let mut ratios = Vec::new();
+        let mut samples: BTreeMap<System, Vec<Sample>> = BTreeMap::new();
+        let mut ratios: BTreeMap<System, Vec<f64>> = BTreeMap::new();
+        let mut to_baseline = Vec::new();
         let mut node = Node::start(binary, &ranges)
             .await
             .with_context(|| format!("highlander, {scale} instances"))?;
         node.cluster.pause(1);
+        let mut baseline = match &baseline_binary {
+            Some(path) => {
+                let mut b = Node::start(path, &ranges).await.with_context(|| {
+                    format!("the baseline build {}, {scale} instances", path.display())
+                })?;
+                b.cluster.pause(1);
+                Some(b)
+            }
+            None => None,
+        };
+        let mut systems = vec![System::Highlander];
+        if baseline.is_some() {
+            systems.push(System::Baseline);
+        }
+        systems.push(System::HaProxy);
         for rep in 1..=plan.reps {
-            let hl = node
-                .measure(&endpoints, &plan)
-                .await
-                .with_context(|| format!("highlander, {scale} instances, round {rep}"))?;
-            let ha = measure_haproxy(&haproxy, &endpoints, &ranges, &plan)
-                .await
-                .with_context(|| format!("HAProxy, {scale} instances, round {rep}"))?;
-            for (system, s) in [(System::Highlander, &hl), (System::HaProxy, &ha)] {
+            let mut order = systems.clone();
+            if rep % 2 == 0 {
+                order.reverse();
+            }
+            let mut round = BTreeMap::new();
+            for system in order {
+                let sample = match (system, &mut baseline) {
+                    (System::Highlander, _) => node.measure(&endpoints, &plan).await,
+                    (System::Baseline, Some(b)) => b.measure(&endpoints, &plan).await,
+                    (System::Baseline, None) => continue,
+                    (System::HaProxy, _) => {
+                        measure_haproxy(&haproxy, &endpoints, &ranges, &plan).await
+                    }
+                }
+                .with_context(|| format!("{}, {scale} instances, round {rep}", system.name()))?;
                 eprintln!(
                     "{scale} instances, round {rep}/{}: {:<10} {:>8.0} probes/s, {:.4} CPU s per 1,000 probes, RSS {} MiB, lag p99 {}, gap p99 {}",
                     plan.reps,
                     system.name(),
-                    s.probes_per_s,
-                    s.cpu_per_1000,
-                    mib(s.rss_bytes),
-                    s.lag_p99
+                    sample.probes_per_s,
+                    sample.cpu_per_1000,
+                    mib(sample.rss_bytes),
+                    sample
+                        .lag_p99
                         .map_or("n/a".into(), |l| format!("{} ms", lag_text(l))),
-                    s.gap_p99.map_or("n/a".into(), |g| format!(
+                    sample.gap_p99.map_or("n/a".into(), |g| format!(
                         "{:.1} ms",
                         g.as_secs_f64() * 1000.0
                     )),
                 );
+                round.insert(system, sample);
             }
-            ratios.push(hl.cpu_per_1000 / ha.cpu_per_1000);
-            samples
-                .entry(System::Highlander.name())
-                .or_default()
-                .push(hl);
-            samples.entry(System::HaProxy.name()).or_default().push(ha);
+            let cpu = |system| round.get(&system).map(|s: &Sample| s.cpu_per_1000);
+            if let Some(ha) = cpu(System::HaProxy) {
+                for system in [System::Highlander, System::Baseline] {
+                    if let Some(own) = cpu(system) {
+                        ratios.entry(system).or_default().push(own / ha);
+                    }
+                }
+            }
+            if let (Some(own), Some(base)) = (cpu(System::Highlander), cpu(System::Baseline)) {
+                to_baseline.push(own / base);
+                eprintln!(
+                    "{scale} instances, round {rep}: this build's CPU per probe is {:.3}x the baseline build's",
+                    own / base
+                );
+            }
+            for (system, sample) in round {
+                samples.entry(system).or_default().push(sample);
+            }
         }
-        let ratio = median(&ratios);
-        for system in [System::Highlander, System::HaProxy] {
-            let s = &samples[system.name()];
+        if !to_baseline.is_empty() {
+            baseline_rows.push(vec![
+                format!("{scale}"),
+                format!("{:.3}", median(&to_baseline)),
+                to_baseline
+                    .iter()
+                    .map(|r| format!("{r:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ]);
+        }
+        for system in systems {
+            let Some(s) = samples.get(&system) else {
+                continue;
+            };
+            let ratio = ratios.get(&system).map_or(1.0, |r| median(r));
             let pick = |f: &dyn Fn(&Sample) -> f64| median(&s.iter().map(f).collect::<Vec<_>>());
             let lag = pick(&|s| s.lag_p99.unwrap_or(f64::NAN));
             let gap = pick(&|s| s.gap_p99.map_or(f64::NAN, |g| g.as_secs_f64()));
@@ -257,8 +324,8 @@ async fn run(private: bool) -> Result<()> {
                     format!("{:.1}", gap * 1000.0)
                 },
                 match system {
-                    System::Highlander => format!("{ratio:.2}"),
                     System::HaProxy => "1".into(),
+                    _ => format!("{ratio:.2}"),
                 },
             ]);
             if system == System::Highlander {
@@ -285,6 +352,7 @@ async fn run(private: bool) -> Result<()> {
                 ]);
             }
         }
+        drop(baseline);
         drop(node);
         drop(endpoints);
     }
@@ -313,9 +381,23 @@ async fn run(private: bool) -> Result<()> {
             &verdicts
         )
     );
+    if !baseline_rows.is_empty() {
+        println!();
+        print!(
+            "{}",
+            markdown_table(
+                &[
+                    "instances",
+                    "this build's CPU per probe / the baseline build's (median)",
+                    "each round",
+                ],
+                &baseline_rows
+            )
+        );
+    }
     println!();
     println!(
-        "Half HTTP, half TCP endpoints on loopback, one endpoint server pinned to core {ENDPOINT_CPU}; the prober pinned to core {PROBER_CPU}; all three at nice {NICE}. Interval 1 s, timeout 500 ms, rise 2, fall 3 for both; highlander as a single-node cluster, one service per {PER_SERVICE} instances. Medians of {} rounds of a {} s window after {} s of warm-up (highlander's counted from when it is steady: every service decided, every instance up), the systems alternating; the CPU ratio is the median of each round's ratio. Probes are the connections opened (Tcp: ActiveOpens of the benchmark's own network namespace); CPU is utime + stime from /proc/PID/stat; RSS is VmRSS at the end of the window; lag is highlander's highlander_probe_lag_seconds between two /metrics scrapes (upper bound of the p99 bucket; the first scrape's stall included); gap is the time between two connections to one HTTP endpoint, seen by the endpoint server (interval plus lateness), over a window starting {} s after the scrape.",
+        "Half HTTP, half TCP endpoints on loopback, one endpoint server pinned to core {ENDPOINT_CPU}; the prober pinned to core {PROBER_CPU}; all three at nice {NICE}. Interval 1 s, timeout 500 ms, rise 2, fall 3 for both; highlander as a single-node cluster, one service per {PER_SERVICE} instances. Medians of {} rounds of a {} s window after {} s of warm-up (highlander's counted from when it is steady: every service decided, every instance up), the systems in turn, the order reversed every other round; the CPU ratio is the median of each round's ratio. Probes are the connections opened (Tcp: ActiveOpens of the benchmark's own network namespace); CPU is utime + stime from /proc/PID/stat; RSS is VmRSS at the end of the window; lag is highlander's highlander_probe_lag_seconds between two /metrics scrapes (upper bound of the p99 bucket; the first scrape's stall included); gap is the time between two connections to one HTTP endpoint, seen by the endpoint server (interval plus lateness), over a window starting {} s after the scrape.",
         plan.reps,
         plan.window.as_secs(),
         plan.warmup.as_secs(),
@@ -352,6 +434,17 @@ fn find_haproxy() -> Result<std::path::PathBuf> {
         }
     }
     bail!("HAProxy is not installed; bench/install installs it from Debian's packages")
+}
+
+/// How many rounds: `HIGHLANDER_BENCH_ROUNDS`, or 5.
+fn rounds() -> Result<usize> {
+    match std::env::var("HIGHLANDER_BENCH_ROUNDS") {
+        Ok(n) => match n.trim().parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => Ok(n),
+            _ => bail!("HIGHLANDER_BENCH_ROUNDS={n:?}: expected a number of rounds from 1 to 100"),
+        },
+        Err(_) => Ok(5),
+    }
 }
 
 /// highlander's `[[services]]`: one service per [`PER_SERVICE`] endpoints
