@@ -189,10 +189,11 @@ impl Checker {
     ///
     /// One task does all of it, with a schedule of its own rather than a
     /// task and a timer per instance: each wake-up starts every probe that
-    /// is due (a slot's worth), and a probe that finishes within its first
-    /// poll, as a TCP check on a nearby instance does inside `connect`,
-    /// is recorded right there. Only probes that must wait (for an HTTP
-    /// answer, a slow handshake, a program) are kept and polled again. The
+    /// is due (a slot's worth), in lockstep (see [`Driver::start_due`]),
+    /// and a probe that finishes within those first polls, as a TCP check
+    /// on a nearby instance does inside `connect`, is recorded right
+    /// there. Only probes that must wait (for an HTTP answer, a slow
+    /// handshake, a program) are kept and polled again. The
     /// per-instance tasks, timers and permits this replaces were about a
     /// third of the checker's user-space time (the rest of its CPU is the
     /// kernel's: sockets).

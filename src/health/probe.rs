@@ -224,12 +224,8 @@ impl HttpProbe {
                 Exchange::Waiting(stream, head) => (stream, head),
             },
             Connection::Waited(mut stream) => {
-                stream
-                    .write_all(&buffer)
-                    .await
-                    .map_err(|e| describe_io_error(&e))?;
-                buffer.clear();
-                (stream, buffer)
+                let head = send_rest(&mut stream, buffer, 0).await?;
+                (stream, head)
             }
         };
         let status = read_status(&mut stream, head).await?;
@@ -283,13 +279,24 @@ async fn exchange_near(socket: Socket, mut buffer: Vec<u8>) -> Result<Exchange, 
     }
     let mut stream = TcpStream::from_std(socket.into()).map_err(|e| describe_io_error(&e))?;
     if !sent_all {
-        stream
-            .write_all(&buffer[sent..])
-            .await
-            .map_err(|e| describe_io_error(&e))?;
-        buffer.clear();
+        buffer = send_rest(&mut stream, buffer, sent).await?;
     }
     Ok(Exchange::Waiting(stream, buffer))
+}
+
+/// Writes what of `request` is not sent yet (from `sent` on), and returns
+/// its buffer emptied, for the answer's head.
+async fn send_rest(
+    stream: &mut TcpStream,
+    mut request: Vec<u8>,
+    sent: usize,
+) -> Result<Vec<u8>, String> {
+    stream
+        .write_all(request.get(sent..).unwrap_or_default())
+        .await
+        .map_err(|e| describe_io_error(&e))?;
+    request.clear();
+    Ok(request)
 }
 
 /// Reads response heads from `stream` into `head` (which may hold the
