@@ -35,6 +35,8 @@
 //! | `highlander_publisher_active` | gauge | `publisher` | 1 while this node (the leader) publishes to the target |
 //! | `highlander_publisher_last_success_timestamp_seconds` | gauge | `publisher` | Unix time of the last pass without an error |
 //! | `highlander_hook_failures_total` | counter | `hook` | failed hooks |
+//! | `highlander_stalls_total` | counter | | times this node's timers fired later than its election timeout allows: the process was paused or starved of CPU, or its monotonic clock jumped |
+//! | `highlander_stalled_seconds_total` | counter | | how late those timers fired, summed |
 //!
 //! A labelled family appears in the output with its first series:
 //! `highlander_dns_queries_total`, `highlander_dns_rate_limited_total` and
@@ -60,6 +62,7 @@
 //! (at most [`EVENT_HISTORY`](crate::model::EVENT_HISTORY) of them), so
 //! more changes than that between two scrapes would be undercounted.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -151,6 +154,8 @@ struct Inner {
     publisher_active: Family<PublisherLabels, Gauge>,
     publisher_last_success: Family<PublisherLabels, Gauge>,
     hook_failures: Family<HookLabels, Counter>,
+    stalls: Counter,
+    stalled_seconds: Counter<f64, AtomicU64>,
     /// The highest log index whose events `changes` has counted. Held for
     /// the whole of a render, so concurrent scrapes neither interleave their
     /// gauge refreshes nor count an event twice.
@@ -329,6 +334,19 @@ impl Metrics {
             "Hooks that failed after a committed change",
             hook_failures.clone(),
         );
+        let stalls = Counter::default();
+        registry.register(
+            "stalls",
+            "Times this node's timers fired later than its election timeout allows: the process was paused or starved of CPU, or its monotonic clock jumped",
+            stalls.clone(),
+        );
+        let stalled_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stalled",
+            "How late this node's timers fired in its stalls, summed",
+            Unit::Seconds,
+            stalled_seconds.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -352,6 +370,8 @@ impl Metrics {
                 publisher_active,
                 publisher_last_success,
                 hook_failures,
+                stalls,
+                stalled_seconds,
                 changes_counted_through: Mutex::new(0),
             }),
         }
@@ -437,6 +457,12 @@ impl Metrics {
             .hook_failures
             .get_or_create(&HookLabels { hook: name.into() })
             .inc();
+    }
+
+    /// Counts one stall of this node: its timers fired `late`.
+    pub fn stalled(&self, late: Duration) {
+        self.inner.stalls.inc();
+        self.inner.stalled_seconds.inc_by(late.as_secs_f64());
     }
 
     /// Sets the per-scrape gauges from `view`, counts the changes in it not
@@ -1008,6 +1034,8 @@ mod tests {
         probes.probe_done(Duration::from_millis(700), false);
         metrics.publisher_failed("route53", "refused");
         metrics.hook_failed("page-oncall");
+        metrics.stalled(Duration::from_millis(2500));
+        metrics.stalled(Duration::from_millis(500));
 
         let text = metrics.render(view(&state, 4));
         let (types, samples) = parse(&text);
@@ -1036,6 +1064,8 @@ mod tests {
                 "gauge",
             ),
             ("highlander_hook_failures", "counter"),
+            ("highlander_stalls", "counter"),
+            ("highlander_stalled_seconds", "counter"),
         ];
         for (name, kind) in expected_types {
             assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
@@ -1127,6 +1157,11 @@ mod tests {
         assert_eq!(
             value(&samples, "highlander_dns_tcp_refused_total", &[]),
             Some(1.0)
+        );
+        assert_eq!(value(&samples, "highlander_stalls_total", &[]), Some(2.0));
+        assert_eq!(
+            value(&samples, "highlander_stalled_seconds_total", &[]),
+            Some(3.0)
         );
 
         assert_eq!(value(&samples, "highlander_raft_term", &[]), Some(3.0));

@@ -52,6 +52,9 @@ const PROPOSALS_IN_FLIGHT: usize = 64;
 /// loses the majority stops answering (on top of the lease itself).
 const LEASE_TICK: Duration = Duration::from_millis(25);
 
+/// How often the stall watch wakes to see how late it woke.
+const STALL_TICK: Duration = Duration::from_millis(100);
+
 /// How long the HTTP servers may take to finish requests in flight at shutdown.
 const DRAIN: Duration = Duration::from_millis(500);
 
@@ -289,6 +292,7 @@ impl Node {
         let dns_lease = lease.clone();
         let dns_limits = dns::Limits::from(&config.dns);
         let hook_metrics = metrics.clone();
+        let stall_metrics = metrics.clone();
         server_tasks.spawn(async move {
             let result = dns::serve_with_metrics(
                 sockets.dns_udp,
@@ -329,6 +333,11 @@ impl Node {
         tasks.spawn(hooks.run(Arc::new(cluster.clone()), work.clone()));
         // So do the external DNS publishers, one loop per target.
         tasks.spawn(publishers.run(Arc::new(cluster.clone()), work.clone()));
+        tasks.spawn(watch_stalls(
+            config.cluster.election_timeout_max,
+            stall_metrics,
+            work.clone(),
+        ));
         tasks.spawn(publish_zone(
             config.clone(),
             cluster.clone(),
@@ -440,6 +449,37 @@ async fn publish_zone(
     }
 }
 
+/// Says when this node stalled: when a timer of [`STALL_TICK`] fired more
+/// than `threshold` (the election timeout: long enough for a follower to
+/// campaign on waking) late. Every other timer of the node fired as late:
+/// the process was paused (SIGSTOP, a VM suspended) or starved of CPU, or
+/// its monotonic clock jumped. Leases, elections and failover times all saw
+/// the gap, so an operator reading about them needs to know of it.
+async fn watch_stalls(threshold: Duration, metrics: Metrics, cancel: CancellationToken) {
+    let mut woke = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            () = tokio::time::sleep(STALL_TICK) => {}
+        }
+        let now = tokio::time::Instant::now();
+        let late = now
+            .saturating_duration_since(woke)
+            .saturating_sub(STALL_TICK);
+        woke = now;
+        if late > threshold {
+            warn!(
+                late_ms = late.as_millis(),
+                "{STALLED}: timers fired later than the election timeout allows (the process was paused or starved of CPU, or its monotonic clock jumped)"
+            );
+            metrics.stalled(late);
+        }
+    }
+}
+
+/// What [`watch_stalls`] logs.
+const STALLED: &str = "this node stalled";
+
 /// While this node is the acting leader, turns the quorum health view into
 /// decisions and proposes them through Raft.
 async fn decide_loop(config: Arc<Config>, cluster: Cluster, cancel: CancellationToken) {
@@ -518,5 +558,54 @@ impl publish::Leader for Cluster {
 
     fn applied(&self) -> watch::Receiver<Arc<AppliedState>> {
         Cluster::applied(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stalls(metrics: &Metrics) -> Option<(f64, f64)> {
+        let text = metrics.render(metrics::ScrapeView::default());
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        };
+        Some((
+            value("highlander_stalls_total")?,
+            value("highlander_stalled_seconds_total")?,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_longer_than_the_threshold_is_counted_with_its_length() {
+        let metrics = Metrics::new();
+        let cancel = CancellationToken::new();
+        let watch = tokio::spawn(watch_stalls(
+            Duration::from_millis(300),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        // Time moves on in steps of the tick: no stall. Each wait ends half
+        // a tick after the watch's last wake-up, so that every jump below
+        // comes while it sleeps.
+        let half_tick = STALL_TICK / 2;
+        tokio::time::sleep(Duration::from_secs(5) + half_tick).await;
+        assert_eq!(stalls(&metrics), Some((0.0, 0.0)));
+        // Late by less than the threshold: no stall either.
+        tokio::time::advance(STALL_TICK + Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1) + half_tick).await;
+        assert_eq!(stalls(&metrics), Some((0.0, 0.0)));
+        // The clock jumps by 10 s at once, as a paused process sees it.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (count, seconds) = stalls(&metrics).expect("the stall metrics");
+        assert_eq!(count, 1.0);
+        assert!(
+            (9.8..=10.0).contains(&seconds),
+            "stalled {seconds} s for a jump of 10 s"
+        );
+        cancel.cancel();
+        watch.await.expect("the watch ends when cancelled");
     }
 }
