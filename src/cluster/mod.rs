@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::health::LocalHealth;
 use crate::model::{AppliedState, ApplyOutcome, Command, HealthView, Verdict};
 use lease::LeaseClock;
-use quorum::{Observations, QuorumView};
+use quorum::{Ignored, LocalObservations, Observations, QuorumView};
 use transport::{Client, Links, SendError};
 
 /// Raft node ids are the `id`s of `[[cluster.nodes]]`.
@@ -423,10 +423,26 @@ impl Cluster {
 
     /// Records a node's health observations.
     pub fn record(&self, observations: &Observations) {
+        self.record_with(observations.node, |quorum, now| {
+            quorum.record(observations, now)
+        });
+    }
+
+    /// Records this node's own verdicts. Called with the checker's health
+    /// borrowed (its writer waits meanwhile), so the quorum lock must never
+    /// be held while borrowing that health, or the two could deadlock.
+    fn record_local(&self, local: &LocalHealth) {
+        let id = self.inner.id;
+        self.record_with(id, |quorum, now| quorum.record_local(id, local, now));
+    }
+
+    /// Records node `node`'s verdicts with `record`, wakes the leader's
+    /// decisions if a combined verdict changed, and logs what was ignored.
+    fn record_with(&self, node: NodeId, record: impl FnOnce(&mut QuorumView, Instant) -> Ignored) {
         let (ignored, changed) = {
             let mut quorum = self.inner.quorum.lock().unwrap_or_else(|e| e.into_inner());
             let before = quorum.generation();
-            let ignored = quorum.record(observations, Instant::now());
+            let ignored = record(&mut quorum, Instant::now());
             (ignored, quorum.generation() != before)
         };
         if changed {
@@ -434,7 +450,7 @@ impl Cluster {
         }
         if !ignored.is_empty() {
             // A peer with a different config: worth seeing, but it repeats every interval.
-            debug!(node = observations.node, %ignored, "ignored part of a peer's observations");
+            debug!(node, %ignored, "ignored part of a peer's observations");
         }
     }
 
@@ -497,40 +513,53 @@ impl Cluster {
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut passes = Passes::new(health, period, OBSERVATIONS_MIN_GAP);
+        let peers: Vec<_> = self
+            .inner
+            .config
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != self.inner.id)
+            .map(|n| (n.id, n.rpc.to_string()))
+            .collect();
         while passes.next(&cancel).await {
-            let observations =
-                Observations::from_local(self.inner.id, &passes.watched.borrow_and_update());
-            self.record(&observations);
-            let sends = self
-                .inner
-                .config
-                .cluster
-                .nodes
-                .iter()
-                .filter(|n| n.id != self.inner.id)
-                .map(|peer| {
-                    let client = &self.inner.client;
-                    let observations = &observations;
-                    async move {
-                        let addr = peer.rpc.to_string();
-                        let sent: Result<(), SendError> = client
-                            .post(
-                                peer.id,
-                                &addr,
-                                transport::path::OBSERVE,
-                                observations,
-                                period,
-                            )
-                            .await;
-                        match sent {
-                            Ok(()) => {}
-                            Err(e @ SendError::Refused { .. }) => {
-                                warn!(error = %e, "a peer refused our health observations")
-                            }
-                            Err(e) => debug!(error = %e, "cannot send health observations"),
+            // Read in place, and encoded once for every peer, while the
+            // probes wait to publish their next verdicts: a copy of every
+            // name first would cost more.
+            let encoded = {
+                let local = passes.watched.borrow_and_update();
+                self.record_local(&local);
+                if peers.is_empty() {
+                    continue;
+                }
+                serde_json::to_vec(&LocalObservations {
+                    node: self.inner.id,
+                    health: &local,
+                })
+            };
+            let body = match encoded {
+                Ok(body) => bytes::Bytes::from(body),
+                Err(e) => {
+                    warn!(error = %e, "cannot encode this node's health observations");
+                    continue;
+                }
+            };
+            let sends = peers.iter().map(|(peer, addr)| {
+                let client = &self.inner.client;
+                let body = body.clone();
+                async move {
+                    let sent: Result<(), SendError> = client
+                        .post_encoded(*peer, addr, transport::path::OBSERVE, body, period)
+                        .await;
+                    match sent {
+                        Ok(()) => {}
+                        Err(e @ SendError::Refused { .. }) => {
+                            warn!(error = %e, "a peer refused our health observations")
                         }
+                        Err(e) => debug!(error = %e, "cannot send health observations"),
                     }
-                });
+                }
+            });
             futures::future::join_all(sends).await;
         }
     }

@@ -17,8 +17,9 @@
 //! exact instants. It must never decide anything itself: it only says what
 //! the nodes agree on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -58,7 +59,9 @@ pub struct ObservedVerdict {
 }
 
 impl Observations {
-    /// Node `node`'s current verdict on every instance it checks.
+    /// Node `node`'s current verdict on every instance it checks: what
+    /// [`LocalObservations`] encodes, as it decodes.
+    #[cfg(test)]
     pub fn from_local(node: u64, local: &LocalHealth) -> Self {
         let verdicts = local
             .iter()
@@ -69,6 +72,45 @@ impl Observations {
             })
             .collect();
         Observations { node, verdicts }
+    }
+}
+
+/// This node's [`Observations`] as they are sent, borrowed from its
+/// [`LocalHealth`] rather than copied: at 10,000 instances a copy is 20,000
+/// strings a second.
+pub struct LocalObservations<'a> {
+    pub node: u64,
+    pub health: &'a LocalHealth,
+}
+
+impl Serialize for LocalObservations<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+
+        /// An [`ObservedVerdict`] that borrows its names.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            service: &'a str,
+            instance: &'a str,
+            verdict: Verdict,
+        }
+
+        struct Verdicts<'a>(&'a LocalHealth);
+
+        impl Serialize for Verdicts<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_seq(self.0.iter().map(|(service, instance, status)| Borrowed {
+                    service,
+                    instance,
+                    verdict: status.verdict,
+                }))
+            }
+        }
+
+        let mut observations = serializer.serialize_struct("Observations", 2)?;
+        observations.serialize_field("node", &self.node)?;
+        observations.serialize_field("verdicts", &Verdicts(self.health))?;
+        observations.end()
     }
 }
 
@@ -125,22 +167,24 @@ pub struct QuorumView {
     /// The configured node ids, ascending: the electorate, whether or not
     /// they report.
     nodes: Vec<u64>,
-    /// Per configured service, per configured instance.
-    services: BTreeMap<String, ServiceQuorum>,
+    /// Every configured instance, sorted by service then instance: the
+    /// order a node lists them in its report, and their positions in
+    /// `view`.
+    instances: Vec<InstanceQuorum>,
+    /// The combined verdicts as of the last `view`, kept so that each pass
+    /// updates them in place; also how names are looked up.
+    view: HealthView,
     /// Counts the combined verdicts that changed, in `record` or `view`:
     /// the leader re-decides when it moves.
     generation: u64,
 }
 
 #[derive(Debug, Clone)]
-struct ServiceQuorum {
+struct InstanceQuorum {
+    service: Arc<str>,
+    name: String,
     /// How old a report may be and still count (from the service's interval).
     stale_after: Duration,
-    instances: BTreeMap<String, InstanceQuorum>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct InstanceQuorum {
     /// Each node's latest verdict; a node that never reported is absent.
     reports: BTreeMap<u64, Report>,
     /// The combined verdict and since when it has held; `None` until first computed.
@@ -160,27 +204,39 @@ impl QuorumView {
         let mut nodes: Vec<u64> = config.cluster.nodes.iter().map(|n| n.id).collect();
         nodes.sort_unstable();
         nodes.dedup();
-        let services = config
+        // Sorted and without duplicates (which validation refuses anyway),
+        // as every node's report lists them.
+        let services: BTreeMap<&str, (Duration, BTreeSet<&str>)> = config
             .services
             .iter()
             .map(|s| {
-                let instances = s
-                    .instances
-                    .iter()
-                    .map(|i| (i.name.clone(), InstanceQuorum::default()))
-                    .collect();
-                let quorum = ServiceQuorum {
-                    stale_after: s.check.interval * STALE_AFTER_INTERVALS + STALE_MARGIN,
-                    instances,
-                };
-                (s.name.clone(), quorum)
+                let stale_after = s.check.interval * STALE_AFTER_INTERVALS + STALE_MARGIN;
+                let instances = s.instances.iter().map(|i| i.name.as_str()).collect();
+                (s.name.as_str(), (stale_after, instances))
             })
             .collect();
+        let mut instances = Vec::new();
+        let mut view = HealthView::default();
+        let unknown = InstanceHealth::new(Verdict::Unknown, Duration::ZERO);
+        for (service, (stale_after, names)) in services {
+            let service: Arc<str> = Arc::from(service);
+            for name in names {
+                view.set(&service, name, unknown);
+                instances.push(InstanceQuorum {
+                    service: service.clone(),
+                    name: name.to_owned(),
+                    stale_after,
+                    reports: BTreeMap::new(),
+                    combined: None,
+                });
+            }
+        }
         QuorumView {
             quorum: config.cluster.health_quorum,
             leader,
             nodes,
-            services,
+            instances,
+            view,
             generation: 0,
         }
     }
@@ -205,38 +261,59 @@ impl QuorumView {
     /// Reports from nodes that are not configured, and verdicts on services
     /// or instances that are not configured, are ignored and returned.
     pub fn record(&mut self, observations: &Observations, now: Instant) -> Ignored {
+        let verdicts = observations
+            .verdicts
+            .iter()
+            .map(|v| (v.service.as_str(), v.instance.as_str(), v.verdict));
+        self.record_each(observations.node, verdicts, now)
+    }
+
+    /// [`QuorumView::record`] for node `node`'s own [`LocalHealth`], read
+    /// where it is rather than copied into [`Observations`] first.
+    pub fn record_local(&mut self, node: u64, local: &LocalHealth, now: Instant) -> Ignored {
+        let verdicts = local
+            .iter()
+            .map(|(service, instance, status)| (service, instance, status.verdict));
+        self.record_each(node, verdicts, now)
+    }
+
+    fn record_each<'a>(
+        &mut self,
+        node: u64,
+        verdicts: impl Iterator<Item = (&'a str, &'a str, Verdict)>,
+        now: Instant,
+    ) -> Ignored {
         let mut ignored = Ignored::default();
-        let node = observations.node;
         if self.nodes.binary_search(&node).is_err() {
             ignored.unknown_node = Some(node);
             return ignored;
         }
         let (quorum, leader, majority) = (self.quorum, self.leader, self.majority());
         let mut changes = 0;
-        for observed in &observations.verdicts {
-            let Some(service) = self.services.get_mut(&observed.service) else {
+        for (listed, (service, instance, verdict)) in verdicts.enumerate() {
+            // A node with the same config lists every instance in the same
+            // order as this view: the n-th verdict is then on the n-th
+            // instance, which two string comparisons confirm.
+            let position = match self.instances.get(listed) {
+                Some(i) if i.name == instance && *i.service == *service => Some(listed),
+                _ => self.view.position(service, instance),
+            };
+            let Some(entry) = position.and_then(|p| self.instances.get_mut(p)) else {
                 ignored
                     .unknown_instances
-                    .push((observed.service.clone(), observed.instance.clone()));
+                    .push((service.to_owned(), instance.to_owned()));
                 continue;
             };
-            let stale_after = service.stale_after;
-            let Some(instance) = service.instances.get_mut(&observed.instance) else {
-                ignored
-                    .unknown_instances
-                    .push((observed.service.clone(), observed.instance.clone()));
-                continue;
-            };
-            instance.reports.insert(
+            entry.reports.insert(
                 node,
                 Report {
-                    verdict: observed.verdict,
+                    verdict,
                     received: now,
                 },
             );
             // Settle now rather than at the next `view`, so that `held_for`
             // counts from the report that changed the outcome.
-            let (_, changed) = instance.settle(quorum, leader, majority, stale_after, now);
+            let (_, changed) = entry.settle(quorum, leader, majority, now);
             changes += u64::from(changed);
         }
         self.generation += changes;
@@ -248,33 +325,30 @@ impl QuorumView {
     /// Verdicts that went stale since the last call change here.
     pub fn view(&mut self, now: Instant) -> HealthView {
         let (quorum, leader, majority) = (self.quorum, self.leader, self.majority());
-        let mut view = HealthView::default();
         let mut changes = 0;
-        for (service_name, service) in &mut self.services {
-            for (instance_name, instance) in &mut service.instances {
-                let (health, changed) =
-                    instance.settle(quorum, leader, majority, service.stale_after, now);
-                changes += u64::from(changed);
-                view.set(service_name, instance_name, health);
-            }
+        for (position, instance) in self.instances.iter_mut().enumerate() {
+            let (health, changed) = instance.settle(quorum, leader, majority, now);
+            changes += u64::from(changed);
+            self.view.set_at(position, health);
         }
         self.generation += changes;
-        view
+        self.view.clone()
     }
 
     /// Each configured node's latest verdict on `instance` of `service`, in
     /// node id order, unknown where a node never reported or its report is
     /// stale. Empty if the instance is not configured. For the status API.
     pub fn per_node(&self, service: &str, instance: &str, now: Instant) -> Vec<(u64, Verdict)> {
-        let Some(service) = self.services.get(service) else {
-            return Vec::new();
-        };
-        let Some(instance) = service.instances.get(instance) else {
+        let Some(entry) = self
+            .view
+            .position(service, instance)
+            .and_then(|p| self.instances.get(p))
+        else {
             return Vec::new();
         };
         self.nodes
             .iter()
-            .map(|&node| (node, instance.fresh(node, service.stale_after, now)))
+            .map(|&node| (node, entry.fresh(node, now)))
             .collect()
     }
 }
@@ -282,30 +356,23 @@ impl QuorumView {
 impl InstanceQuorum {
     /// Node `node`'s verdict if it is fresh at `now`, else unknown. A report
     /// still counts at exactly `stale_after` old and stops counting after it.
-    fn fresh(&self, node: u64, stale_after: Duration, now: Instant) -> Verdict {
+    fn fresh(&self, node: u64, now: Instant) -> Verdict {
         match self.reports.get(&node) {
-            Some(r) if now.saturating_duration_since(r.received) <= stale_after => r.verdict,
+            Some(r) if now.saturating_duration_since(r.received) <= self.stale_after => r.verdict,
             _ => Verdict::Unknown,
         }
     }
 
     /// The combined verdict at `now`, ignoring how long it has held.
-    fn combine(
-        &self,
-        quorum: HealthQuorum,
-        leader: u64,
-        majority: usize,
-        stale_after: Duration,
-        now: Instant,
-    ) -> Verdict {
+    fn combine(&self, quorum: HealthQuorum, leader: u64, majority: usize, now: Instant) -> Verdict {
         match quorum {
-            HealthQuorum::Leader => self.fresh(leader, stale_after, now),
+            HealthQuorum::Leader => self.fresh(leader, now),
             HealthQuorum::Majority => {
                 // Only nodes that reported can vote; `reports` holds
                 // configured nodes only, and silence is an abstention.
                 let (mut up, mut down) = (0, 0);
                 for &node in self.reports.keys() {
-                    match self.fresh(node, stale_after, now) {
+                    match self.fresh(node, now) {
                         Verdict::Up => up += 1,
                         Verdict::Down => down += 1,
                         Verdict::Unknown => {}
@@ -330,10 +397,9 @@ impl InstanceQuorum {
         quorum: HealthQuorum,
         leader: u64,
         majority: usize,
-        stale_after: Duration,
         now: Instant,
     ) -> (InstanceHealth, bool) {
-        let verdict = self.combine(quorum, leader, majority, stale_after, now);
+        let verdict = self.combine(quorum, leader, majority, now);
         let (since, changed) = match self.combined {
             Some((held, since)) if held == verdict => (since, false),
             _ => {
@@ -804,5 +870,43 @@ a = "10.0.0.21"
                 ]
             )
         );
+    }
+
+    #[test]
+    fn a_nodes_own_verdicts_count_as_its_report_of_them_would_in_any_order() {
+        let config = three_nodes();
+        let t0 = Instant::now();
+        let mut local = LocalHealth::new(&config, t0);
+        local.set_verdict("db", "db1", Verdict::Down);
+        local.set_verdict("web", "web1", Verdict::Up);
+        // What a node sends decodes as the observations it stands for.
+        let sent = serde_json::to_vec(&LocalObservations {
+            node: 2,
+            health: &local,
+        })
+        .expect("encode");
+        let received: Observations = serde_json::from_slice(&sent).expect("decode");
+        assert_eq!(received, Observations::from_local(2, &local));
+
+        // Read in place, decoded, or listed in another order than this
+        // node's (the slow path): the same view.
+        let mut in_place = QuorumView::new(&config, 1);
+        let mut decoded = QuorumView::new(&config, 1);
+        let mut reordered = QuorumView::new(&config, 1);
+        for node in [2, 3] {
+            assert!(in_place.record_local(node, &local, t0).is_empty());
+            let mut report = received.clone();
+            report.node = node;
+            assert!(decoded.record(&report, t0).is_empty());
+            report.verdicts.reverse();
+            assert!(reordered.record(&report, t0).is_empty());
+        }
+        let view = in_place.view(t0);
+        let verdict = |service, instance| view.get(service, instance).verdict;
+        assert_eq!(verdict("db", "db1"), Verdict::Down);
+        assert_eq!(verdict("db", "db2"), Verdict::Unknown);
+        assert_eq!(verdict("web", "web1"), Verdict::Up);
+        assert_eq!(decoded.view(t0), view);
+        assert_eq!(reordered.view(t0), view);
     }
 }

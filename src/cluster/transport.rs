@@ -189,6 +189,24 @@ impl Client {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, SendError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| SendError::BadAnswer {
+            to,
+            reason: format!("cannot encode request: {e}"),
+        })?;
+        self.post_encoded(to, addr, path, bytes.into(), timeout)
+            .await
+    }
+
+    /// [`Client::post`] with the body already encoded as JSON: what one
+    /// body sent to several peers is encoded once for.
+    pub async fn post_encoded<Resp: DeserializeOwned>(
+        &self,
+        to: NodeId,
+        addr: &str,
+        path: &str,
+        bytes: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Resp, SendError> {
         if self.links.as_ref().is_some_and(|l| l.is_cut(self.me, to)) {
             return Err(SendError::Unreachable {
                 to,
@@ -196,10 +214,6 @@ impl Client {
                 reason: "link cut by test".into(),
             });
         }
-        let bytes = serde_json::to_vec(body).map_err(|e| SendError::BadAnswer {
-            to,
-            reason: format!("cannot encode request: {e}"),
-        })?;
         let nonce: u64 = rand::random();
         let mut request = self
             .http

@@ -230,6 +230,18 @@ impl LocalHealth {
         view
     }
 
+    /// Sets the verdict on `instance` of `service` as the checker would,
+    /// for tests of what reads a node's health.
+    #[cfg(test)]
+    pub fn set_verdict(&mut self, service: &str, instance: &str, verdict: Verdict) {
+        if let Some(status) = self
+            .slot(service, instance)
+            .and_then(|slot| self.at_mut(slot))
+        {
+            status.verdict = verdict;
+        }
+    }
+
     fn at_mut(&mut self, slot: Slot) -> Option<&mut InstanceStatus> {
         self.statuses.get_mut(slot.0)
     }
