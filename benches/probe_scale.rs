@@ -668,12 +668,14 @@ async fn window(
     length: Duration,
 ) -> Result<(Sample, EndpointStats)> {
     let before_usage = ProcUsage::of(pid)?;
+    let before_threads = ProcUsage::by_thread(pid)?;
     let before = endpoints.stats().await?;
     let before_opens = common::active_opens()?;
     let start = Instant::now();
     tokio::time::sleep(length).await;
     let after_opens = common::active_opens()?;
     let after_usage = ProcUsage::of(pid)?;
+    let after_threads = ProcUsage::by_thread(pid)?;
     let after = endpoints.stats().await?;
     let elapsed = start.elapsed().as_secs_f64();
     let counted = after.since(&before);
@@ -695,9 +697,19 @@ async fn window(
         .kernel
         .saturating_sub(before_usage.kernel)
         .as_secs_f64();
+    // Where it went: for highlander, the probe thread against the node's
+    // own work (Raft, observations, decisions) on the runtime's workers.
+    let threads: Vec<String> = after_threads
+        .iter()
+        .map(|(name, after)| {
+            let spent = after.saturating_sub(before_threads.get(name).copied().unwrap_or_default());
+            format!("{name} {:.2} s", spent.as_secs_f64())
+        })
+        .collect();
     eprintln!(
-        "  {cpu:.2} CPU s over the window, {:.0} % of it in the kernel",
-        if cpu > 0.0 { kernel / cpu * 100.0 } else { 0.0 }
+        "  {cpu:.2} CPU s over the window, {:.0} % of it in the kernel; by thread: {}",
+        if cpu > 0.0 { kernel / cpu * 100.0 } else { 0.0 },
+        threads.join(", ")
     );
     Ok((
         Sample {

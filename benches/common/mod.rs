@@ -193,27 +193,7 @@ impl ProcUsage {
     /// Reads process `pid`'s `/proc/PID/stat` (utime, stime) and
     /// `/proc/PID/status` (VmRSS).
     pub fn of(pid: u32) -> Result<ProcUsage> {
-        let stat_path = format!("/proc/{pid}/stat");
-        let stat =
-            std::fs::read_to_string(&stat_path).with_context(|| format!("read {stat_path}"))?;
-        // The command name may hold spaces and parentheses; the fields
-        // after its closing parenthesis are fixed: utime and stime are the
-        // 12th and 13th of them (fields 14 and 15 of the line).
-        let after = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest)
-            .with_context(|| format!("{stat_path}: no command name"))?;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| -> Result<u64> {
-            fields
-                .get(i)
-                .and_then(|f| f.parse().ok())
-                .with_context(|| format!("{stat_path}: field {} is not a number", i + 3))
-        };
-        let (user_ticks, kernel_ticks) = (ticks(11)?, ticks(12)?);
-        // SAFETY: sysconf reads a constant and touches no memory of ours.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
+        let (user, kernel) = stat_cpu(&format!("/proc/{pid}/stat"))?;
         let status_path = format!("/proc/{pid}/status");
         let status =
             std::fs::read_to_string(&status_path).with_context(|| format!("read {status_path}"))?;
@@ -223,11 +203,67 @@ impl ProcUsage {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .with_context(|| format!("{status_path}: no VmRSS"))?;
         Ok(ProcUsage {
-            cpu: Duration::from_nanos((user_ticks + kernel_ticks) * 1_000_000_000 / hz),
-            kernel: Duration::from_nanos(kernel_ticks * 1_000_000_000 / hz),
+            cpu: user + kernel,
+            kernel,
             rss_bytes: rss_kib * 1024,
         })
     }
+
+    /// The CPU time (user plus system) of each of process `pid`'s threads
+    /// alive now, summed by thread name, from `/proc/PID/task/*/stat`.
+    pub fn by_thread(pid: u32) -> Result<BTreeMap<String, Duration>> {
+        let dir = format!("/proc/{pid}/task");
+        let mut threads = BTreeMap::new();
+        for task in std::fs::read_dir(&dir).with_context(|| format!("read {dir}"))? {
+            let path = task
+                .with_context(|| format!("read {dir}"))?
+                .path()
+                .join("stat");
+            // A thread may end between the listing and the read.
+            let Ok(stat) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let name = stat
+                .split_once('(')
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .map_or("?", |(name, _)| name);
+            let (user, kernel) = stat_cpu_of(&stat, &path.display().to_string())?;
+            *threads.entry(name.to_owned()).or_default() += user + kernel;
+        }
+        Ok(threads)
+    }
+}
+
+/// User and system CPU time from the `stat` file at `path` (of a process
+/// or a thread).
+fn stat_cpu(path: &str) -> Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
+    stat_cpu_of(&stat, path)
+}
+
+/// User and system CPU time from `stat`, the text of the `stat` file at
+/// `path`.
+fn stat_cpu_of(stat: &str, path: &str) -> Result<(Duration, Duration)> {
+    // The command name may hold spaces and parentheses; the fields after
+    // its closing parenthesis are fixed: utime and stime are the 12th and
+    // 13th of them (fields 14 and 15 of the line).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: field {} is not a number", i + 3))
+    };
+    let (user_ticks, kernel_ticks) = (ticks(11)?, ticks(12)?);
+    // SAFETY: sysconf reads a constant and touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100);
+    let time = |ticks: u64| Duration::from_nanos(ticks * 1_000_000_000 / hz);
+    Ok((time(user_ticks), time(kernel_ticks)))
 }
 
 /// Sets the nice value of every thread process `pid` has now (threads it
