@@ -20,17 +20,18 @@
 
 use crate::config::{Config, Failback, ServiceConfig};
 use crate::model::{
-    Command, Evidence, HealthView, Reason, ServiceState, State, UnixMillis, Verdict,
+    Command, Evidence, HealthView, Reason, ServiceHealth, ServiceState, State, UnixMillis, Verdict,
 };
 
 /// Decides for every configured service; at most one command per service.
 pub fn decide(config: &Config, state: &State, view: &HealthView, now: UnixMillis) -> Vec<Command> {
+    let never_decided = ServiceState::default();
     config
         .services
         .iter()
         .filter_map(|service| {
-            let current = state.service(&service.name).cloned().unwrap_or_default();
-            decide_service(service, &current, view, now)
+            let current = state.service(&service.name).unwrap_or(&never_decided);
+            decide_service(service, current, view, now)
         })
         .collect()
 }
@@ -50,6 +51,7 @@ pub fn decide_service(
         at: now,
         evidence: Evidence::new(),
     };
+    let view = view.service(&service.name);
     let best = best_healthy(service, current, view);
 
     let Some(active) = current.active.as_deref() else {
@@ -61,14 +63,14 @@ pub fn decide_service(
         let undecided_better = service.instances.iter().any(|i| {
             i.priority < priority
                 && !current.drained.contains(&i.name)
-                && view.get(&service.name, &i.name).verdict == Verdict::Unknown
+                && view.get(&i.name).verdict == Verdict::Unknown
         });
         return (!undecided_better).then(|| activate(name, Reason::Initial));
     };
 
     let active_priority = service.instance(active).map(|i| i.priority);
     let active_verdict = match active_priority {
-        Some(_) => view.get(&service.name, active).verdict,
+        Some(_) => view.get(active).verdict,
         // Removed from the config: as good as down.
         None => Verdict::Down,
     };
@@ -115,7 +117,7 @@ pub fn decide_service(
 fn best_healthy<'a>(
     service: &'a ServiceConfig,
     current: &ServiceState,
-    view: &HealthView,
+    view: ServiceHealth<'_>,
 ) -> Option<(&'a str, i64)> {
     best_healthy_where(service, current, view, |_, _| true)
 }
@@ -123,7 +125,7 @@ fn best_healthy<'a>(
 fn best_healthy_where<'a>(
     service: &'a ServiceConfig,
     current: &ServiceState,
-    view: &HealthView,
+    view: ServiceHealth<'_>,
     eligible: impl Fn(i64, std::time::Duration) -> bool,
 ) -> Option<(&'a str, i64)> {
     service
@@ -131,7 +133,7 @@ fn best_healthy_where<'a>(
         .iter()
         .filter(|i| !current.drained.contains(&i.name))
         .filter(|i| {
-            let health = view.get(&service.name, &i.name);
+            let health = view.get(&i.name);
             health.verdict == Verdict::Up && eligible(i.priority, health.held_for)
         })
         // min_by_key keeps the first of equal keys: config order breaks ties.

@@ -505,13 +505,15 @@ impl HealthView {
 
     /// The health of `instance` of `service` (unknown if never set).
     pub fn get(&self, service: &str, instance: &str) -> InstanceHealth {
-        self.position(service, instance)
-            .and_then(|position| self.health.get(position))
-            .copied()
-            .unwrap_or(InstanceHealth {
-                verdict: Verdict::Unknown,
-                held_for: Duration::ZERO,
-            })
+        self.service(service).get(instance)
+    }
+
+    /// The health of `service`'s instances, found once for reading several.
+    pub fn service(&self, service: &str) -> ServiceHealth<'_> {
+        ServiceHealth {
+            positions: self.positions.get(service),
+            health: &self.health,
+        }
     }
 
     /// The position of `instance` of `service`, if it was ever set.
@@ -527,6 +529,27 @@ impl HealthView {
                 Some((service.as_str(), instance.as_str(), health))
             })
         })
+    }
+}
+
+/// One service's part of a [`HealthView`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceHealth<'a> {
+    positions: Option<&'a BTreeMap<String, usize>>,
+    health: &'a [InstanceHealth],
+}
+
+impl ServiceHealth<'_> {
+    /// The health of `instance` (unknown if never set).
+    pub fn get(&self, instance: &str) -> InstanceHealth {
+        self.positions
+            .and_then(|positions| positions.get(instance))
+            .and_then(|&position| self.health.get(position))
+            .copied()
+            .unwrap_or(InstanceHealth {
+                verdict: Verdict::Unknown,
+                held_for: Duration::ZERO,
+            })
     }
 }
 
