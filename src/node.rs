@@ -450,11 +450,14 @@ async fn publish_zone(
 }
 
 /// Says when this node stalled: when a timer of [`STALL_TICK`] fired more
-/// than `threshold` (the election timeout: long enough for a follower to
-/// campaign on waking) late. Every other timer of the node fired as late:
-/// the process was paused (SIGSTOP, a VM suspended) or starved of CPU, or
-/// its monotonic clock jumped. Leases, elections and failover times all saw
-/// the gap, so an operator reading about them needs to know of it.
+/// than `threshold` late (the longest election timeout: Raft's timers are
+/// disturbed by a stall that long). The node's other timers most likely
+/// fired as late: the process was paused (SIGSTOP, a VM suspended) or
+/// starved of CPU, or its monotonic clock jumped, or (less likely) its
+/// runtime's threads were all held up. Leases, elections and failover times
+/// saw the gap, so an operator reading about them needs to know of it. A
+/// stall that begins while this timer runs is reported up to a tick
+/// shorter than it was.
 async fn watch_stalls(threshold: Duration, metrics: Metrics, cancel: CancellationToken) {
     let mut woke = tokio::time::Instant::now();
     loop {

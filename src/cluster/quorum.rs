@@ -2,8 +2,9 @@
 //! combined into the one [`HealthView`] that `engine::decide` acts on (S2).
 //!
 //! Every node probes every instance and sends its verdicts (already through
-//! its own rise/fall hysteresis) to the leader as [`Observations`]; the
-//! leader's own verdicts enter the same way. With `health_quorum =
+//! its own rise/fall hysteresis) to every node as [`Observations`]; a
+//! node's own verdicts enter the same way, read where its checker keeps
+//! them ([`QuorumView::record_local`]). With `health_quorum =
 //! "majority"` an instance is down when a majority of the *configured* nodes
 //! report it down, up when a majority report it up, and unknown otherwise, so
 //! a leader with a bad network path to an instance cannot fail it over alone
@@ -151,13 +152,15 @@ impl fmt::Display for Ignored {
 /// The leader's view of every configured node's verdicts on every configured
 /// instance, and how long each combined verdict has held.
 ///
-/// Built afresh by each new leader: everything starts unknown, and the time
-/// a combined verdict has held starts counting when this view first computes
-/// it, not when the nodes first agreed. A new leader therefore waits a full
-/// `failback_delay` before failing back, even if the better instance had
-/// been up for longer under the previous leader: conservative on purpose,
-/// since failback is optional and a wrong one is a needless change (L3).
-/// Failover is not delayed: it needs a down verdict, not a held one.
+/// Every node keeps one from its start, fed with every node's reports, so a
+/// node that becomes leader decides from a complete view at once. Everything
+/// starts unknown, and the time a combined verdict has held starts counting
+/// when this view first computes it, not when the nodes first agreed. A
+/// node that has just started therefore waits a full `failback_delay`
+/// before failing back, even if the better instance had been up for longer:
+/// conservative on purpose, since failback is optional and a wrong one is a
+/// needless change (L3). Failover is not delayed: it needs a down verdict,
+/// not a held one.
 #[derive(Debug, Clone)]
 pub struct QuorumView {
     /// Whose verdicts count.
@@ -901,7 +904,25 @@ a = "10.0.0.21"
             report.verdicts.reverse();
             assert!(reordered.record(&report, t0).is_empty());
         }
+        // A peer whose config has an instance more, listed first: every
+        // verdict after it is one place off and found by name.
+        let mut shifted = QuorumView::new(&config, 1);
+        let mut report = received.clone();
+        report.verdicts.insert(
+            0,
+            ObservedVerdict {
+                service: "db".into(),
+                instance: "db0".into(),
+                verdict: Verdict::Down,
+            },
+        );
+        for node in [2, 3] {
+            report.node = node;
+            let ignored = shifted.record(&report, t0);
+            assert_eq!(ignored.unknown_instances, vec![("db".into(), "db0".into())]);
+        }
         let view = in_place.view(t0);
+        assert_eq!(shifted.view(t0), view);
         let verdict = |service, instance| view.get(service, instance).verdict;
         assert_eq!(verdict("db", "db1"), Verdict::Down);
         assert_eq!(verdict("db", "db2"), Verdict::Unknown);

@@ -840,7 +840,8 @@ async fn clock_jump(rng: &mut StdRng) -> Result<Row> {
     let (started_at, recorder) = record(&cluster).await?;
     let before = cluster.term(leader).await?;
     let lapses = |log: &str| log.matches(LEADERSHIP_LAPSED).count();
-    let lapsed_before = lapses(&cluster.log(victim));
+    let log_before = cluster.log(victim);
+    let lapsed_before = lapses(&log_before);
     cluster.set_clock_offset(victim, JUMP_SECONDS)?;
     let jumped_at = now_ms();
     tokio::time::sleep(jitter(rng, FAULT)).await;
@@ -866,7 +867,9 @@ async fn clock_jump(rng: &mut StdRng) -> Result<Row> {
     let campaigned = matches!((before, after), (Some(b), Some(a)) if a > b);
     let log = cluster.log(victim);
     let lapsed = lapses(&log) > lapsed_before;
-    let stalled_ms = stalls_ms(&log).max().unwrap_or(0);
+    // Only what the node logged since the jump.
+    let since_jump = log.get(log_before.len()..).unwrap_or_default();
+    let stalled_ms = stalls_ms(since_jump).max().unwrap_or(0);
     let jump_ms = u128::from(JUMP_SECONDS.unsigned_abs()) * 1000;
     if stalled_ms < jump_ms * 9 / 10 {
         report.violations.push(format!(
